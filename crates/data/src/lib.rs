@@ -1,0 +1,1 @@
+//! Image dataset formats, the canonical form and augmentation.

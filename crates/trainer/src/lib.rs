@@ -1,0 +1,1 @@
+//! The trainer: Meta Pseudo Labels on libtorch.
