@@ -228,15 +228,16 @@ export interface StreamEvent {
 /**
  * Follows a run's SSE stream. EventSource cannot send an Authorization header, so the
  * stream is read with fetch and parsed here. On a dropped connection it reconnects with
- * `Last-Event-ID`, so no event is lost or repeated. Returns a function that stops it.
+ * `Last-Event-ID`, so no event is lost or repeated; it stops for good when the stream ends and
+ * `isOver` says the run is finished. Returns a function that stops it.
  */
 export function followEvents(
   runId: string,
   onEvent: (e: StreamEvent) => void,
-  after?: number,
+  isOver: () => Promise<boolean>,
 ): () => void {
   const controller = new AbortController();
-  let lastId: number | null = after ?? null;
+  let lastId: number | null = null;
   let stopped = false;
 
   const connect = async () => {
@@ -256,6 +257,8 @@ export function followEvents(
             if (e.id !== null) lastId = e.id;
             onEvent(e);
           });
+          // The server ends a stream once the run is over and every event was sent.
+          if (await isOver().catch(() => false)) return;
         }
       } catch {
         if (stopped) return;

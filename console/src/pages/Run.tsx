@@ -70,6 +70,8 @@ export function RunPage({ id }: { id: string }) {
   const [actionError, setActionError] = useState<unknown>(null);
   const [metricsError, setMetricsError] = useState<unknown>(null);
   const pending = useRef<SeriesMap>(new Map());
+  const attemptRef = useRef(0);
+  attemptRef.current = run.data?.attempt ?? attemptRef.current;
 
   useEffect(() => {
     let cancelled = false;
@@ -77,6 +79,7 @@ export function RunPage({ id }: { id: string }) {
     let stop: (() => void) | null = null;
     const buffer: StreamEvent[] = [];
     let loaded = false;
+    let lastLogId = 0;
     pending.current = new Map();
     setSeries(new Map());
     setLogs([]);
@@ -111,11 +114,13 @@ export function RunPage({ id }: { id: string }) {
           }
           break;
         case 'log':
+          if (e.id !== null && e.id <= lastLogId) break;
+          if (e.id !== null) lastLogId = e.id;
           setLogs((old) => [
             ...old.slice(-1999),
             {
               id: e.id ?? 0,
-              attempt: Number((e.data as Record<string, unknown>)?.attempt ?? 0),
+              attempt: attemptRef.current,
               line: String(p.line ?? ''),
               created_at: new Date().toISOString(),
             },
@@ -138,11 +143,20 @@ export function RunPage({ id }: { id: string }) {
     const start = async () => {
       // Follow the stream at once and hold its events until the snapshot is in, so nothing
       // that happens between the two is lost.
-      stop = followEvents(id, (e) => {
-        setStreamState('live');
-        if (loaded) apply(e);
-        else buffer.push(e);
-      });
+      stop = followEvents(
+        id,
+        (e) => {
+          setStreamState('live');
+          if (loaded) apply(e);
+          else buffer.push(e);
+        },
+        async () => {
+          const latest = await api.run(id);
+          const over = ['succeeded', 'failed', 'cancelled'].includes(latest.status);
+          if (over) setStreamState('ended (run finished)');
+          return over;
+        },
+      );
       try {
         const { names } = await api.metricNames(id);
         const initial: SeriesMap = new Map();
@@ -155,11 +169,8 @@ export function RunPage({ id }: { id: string }) {
         pending.current = initial;
         setLogs(logPage.lines);
         loaded = true;
-        const seen = new Set(logPage.lines.map((l) => l.id));
-        for (const e of buffer) {
-          if (e.event === 'log' && e.id !== null && seen.has(e.id)) continue;
-          apply(e);
-        }
+        lastLogId = logPage.lines.reduce((m, l) => Math.max(m, l.id), 0);
+        for (const e of buffer) apply(e);
         buffer.length = 0;
       } catch (err) {
         loaded = true;
