@@ -216,6 +216,7 @@ describe('console against the real platform', () => {
 
   test('two runs compare: overlaid metric and highlighted spec differences', async () => {
     await startSmokeRun('smoke-supervised', 'supervised');
+    await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: RUN_TIMEOUT_MS });
     await page.goto(`${BASE}/#/runs`);
     for (const id of runIds) {
       await page.locator(`tr[data-run-id="${id}"] input[type="checkbox"]`).check();
@@ -224,7 +225,13 @@ describe('console against the real platform', () => {
     await page.waitForURL(/#\/compare\?ids=/);
     const differing = page.locator('.spec-diff tr.differs th', { hasText: /^algorithm/ });
     await differing.waitFor({ timeout: 20_000 });
-    await page.locator('#compare-metric').selectOption('student/loss').catch(() => {});
+    // Overlay a metric both runs logged (an accuracy when there is one).
+    const [a, b] = await Promise.all(runIds.map((id) => apiGet(`/v1/runs/${id}/metrics`)));
+    const shared = a.names.filter((n) => b.names.includes(n));
+    assert.ok(shared.length > 0, `the two runs share no metric: ${a.names} / ${b.names}`);
+    const metric = shared.find((n) => n.endsWith('top1')) ?? shared[0];
+    await page.locator(`#compare-metric option[value="${metric}"]`).waitFor({ state: 'attached' });
+    await page.locator('#compare-metric').selectOption(metric);
     await eventually(
       async () => Number(await page.locator('section figure.chart').getAttribute('data-points')) > 0,
       RUN_TIMEOUT_MS,

@@ -135,7 +135,9 @@ export function ComparePage({ ids }: { ids: string[] }) {
               onChange={(e) => setMetric((e.target as HTMLSelectElement).value)}
             >
               {available.map((n) => (
-                <option key={n}>{n}</option>
+                <option key={n} value={n}>
+                  {n}
+                </option>
               ))}
             </select>
           </label>

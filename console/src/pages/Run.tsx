@@ -27,6 +27,7 @@ export const CHART_GROUPS: ChartGroup[] = [
   { title: 'Learning rates', match: (n) => /(^|\/|_)lr$|learning_rate/.test(n) },
   { title: 'Images per second', match: (n) => /images_per_sec$/.test(n) },
   { title: 'Accuracy (top-1)', match: (n) => /top1$/.test(n) },
+  { title: 'Evaluation loss', match: (n) => /^(eval|validation)\/[a-z_]+\/loss$/.test(n) },
 ];
 
 type SeriesMap = Map<string, [number, number][]>;
@@ -98,7 +99,9 @@ export function RunPage({ id }: { id: string }) {
         case 'eval': {
           const model = String(p.model ?? 'model');
           const split = String(p.split ?? 'eval');
-          appendPoint(pending.current, `${split}/${model}/top1`, Number(p.step), Number(p.top1));
+          for (const what of ['top1', 'top5', 'loss']) {
+            appendPoint(pending.current, `${split}/${model}/${what}`, Number(p.step), Number(p[what]));
+          }
           break;
         }
         case 'progress':
