@@ -127,7 +127,7 @@ export interface Worker {
   id: string;
   hostname: string;
   slots: number;
-  devices: string[];
+  devices: unknown;
   started_at: string;
   last_heartbeat_at: string;
   stopped_at: string | null;

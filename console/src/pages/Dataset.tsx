@@ -137,7 +137,9 @@ function Overview({ dataset: d }: { dataset: Dataset }) {
 function Statistics({ stats }: { stats: Record<string, unknown> }) {
   const counts = classCounts(stats);
   const scalars = Object.entries(stats).filter(
-    ([k, v]) => !HISTOGRAM_KEYS.includes(k) && (typeof v !== 'object' || v === null || (Array.isArray(v) && v.length <= 8)),
+    ([k, v]) =>
+      !HISTOGRAM_KEYS.includes(k) &&
+      (typeof v !== 'object' || v === null || (Array.isArray(v) && v.length > 0 && v.length <= 8)),
   );
   return (
     <Section title="Statistics">

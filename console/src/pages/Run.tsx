@@ -179,7 +179,7 @@ export function RunPage({ id }: { id: string }) {
         loaded = true;
         setMetricsError(err);
       }
-      setSeries(new Map(pending.current));
+      setSeries(snapshot(pending.current));
       flushTimer = setInterval(() => {
         setSeries((old) => (sameShape(old, pending.current) ? old : snapshot(pending.current)));
       }, 500);

@@ -44,7 +44,7 @@ export function WorkersPage() {
                   <td class="num">
                     {w.running_runs.length}/{w.slots}
                   </td>
-                  <td>{(w.devices ?? []).join(', ') || '–'}</td>
+                  <td>{deviceList(w.devices)}</td>
                   <td>
                     {duration((Date.now() - new Date(w.last_heartbeat_at).getTime()) / 1000)} ago
                   </td>
@@ -107,4 +107,10 @@ export function WorkersPage() {
       </Section>
     </div>
   );
+}
+
+/** Devices as the scheduler reported them: names, or objects shown as JSON. */
+function deviceList(devices: unknown): string {
+  if (!Array.isArray(devices) || devices.length === 0) return '–';
+  return devices.map((d) => (typeof d === 'string' ? d : JSON.stringify(d))).join(', ');
 }
