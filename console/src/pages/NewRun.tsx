@@ -341,9 +341,21 @@ interface FieldProps {
   datasets: Dataset[];
 }
 
+/**
+ * The properties in the order of the paper's settings (algorithm, model, data, batch size, ...),
+ * which reads better than the schema's alphabetical order; unknown ones keep theirs, at the end.
+ */
+function ordered(node: Extract<FieldNode, { kind: 'object' }>, path: string[]) {
+  const reference = getAt(PAPER_DEFAULTS, path);
+  const keys = reference && typeof reference === 'object' ? Object.keys(reference) : [];
+  const rank = (k: string) => (keys.includes(k) ? keys.indexOf(k) : keys.length);
+  return [...node.properties].sort((a, b) => rank(a[0]) - rank(b[0]));
+}
+
 function ObjectFields(props: FieldProps & { node: Extract<FieldNode, { kind: 'object' }> }) {
-  const leaves = props.node.properties.filter(([, n]) => n.kind !== 'object');
-  const groups = props.node.properties.filter(([, n]) => n.kind === 'object');
+  const properties = ordered(props.node, props.path);
+  const leaves = properties.filter(([, n]) => n.kind !== 'object');
+  const groups = properties.filter(([, n]) => n.kind === 'object');
   return (
     <div class="object-fields">
       {leaves.length > 0 && (
@@ -370,7 +382,9 @@ function ObjectGroup(props: FieldProps & { node: Extract<FieldNode, { kind: 'obj
     <fieldset class={top ? 'group' : 'group nested'}>
       <legend>
         {props.path[props.path.length - 1]}
-        {props.node.meta.description && <span class="hint"> — {props.node.meta.description}</span>}
+        {props.node.meta.description && (
+          <span class="hint"> — {prose(props.node.meta.description)}</span>
+        )}
       </legend>
       {error && <p class="field-error" role="alert">{error}</p>}
       {optional && (
@@ -511,7 +525,7 @@ function Field(props: FieldProps & { node: FieldNode }) {
         {input}
         {node.meta.description && (
           <span id={`${id}-help`} class="hint">
-            {node.meta.description}
+            {prose(node.meta.description)}
           </span>
         )}
         {error && (
@@ -528,4 +542,9 @@ function placeholder(fallback: unknown): string {
   if (fallback === undefined) return '';
   if (fallback === null) return 'default: null';
   return `default: ${String(fallback)}`;
+}
+
+/** A schema description with its `code spans` shown as code. */
+function prose(text: string) {
+  return text.split('`').map((part, i) => (i % 2 === 1 ? <code key={i}>{part}</code> : part));
 }
