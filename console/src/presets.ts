@@ -25,12 +25,29 @@ export const PAPER_DEFAULTS = {
   batch_size: 128,
   mu: 7,
   total_steps: 300000,
-  teacher_optimizer: { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4, warmup_steps: 5000 },
-  student_optimizer: { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4, warmup_steps: 5000 },
+  teacher_optimizer: {
+    lr: 0.05,
+    momentum: 0.9,
+    nesterov: true,
+    weight_decay: 5e-4,
+    warmup_steps: 5000,
+  },
+  student_optimizer: {
+    lr: 0.05,
+    momentum: 0.9,
+    nesterov: true,
+    weight_decay: 5e-4,
+    warmup_steps: 5000,
+  },
   student_wait_steps: 3000,
   grad_clip: null,
   label_smoothing: 0.15,
-  mpl: { feedback: 'gradient', h_baseline: false, baseline_decay: 0.99, pseudo_label_view: 'strong' },
+  mpl: {
+    feedback: 'gradient',
+    h_baseline: false,
+    baseline_decay: 0.99,
+    pseudo_label_view: 'strong',
+  },
   uda: { weight: 8.0, temperature: 0.7, threshold: 0.6, ramp_steps: 5000 },
   augment: {
     flip: true,
@@ -40,7 +57,14 @@ export const PAPER_DEFAULTS = {
     cutout_fraction: 0.5,
   },
   ema_decay: 0.995,
-  finetune: { enabled: true, steps: 1000, batch_size: 512, lr: 3e-5, momentum: 0.9, weight_decay: 0 },
+  finetune: {
+    enabled: true,
+    steps: 1000,
+    batch_size: 512,
+    lr: 3e-5,
+    momentum: 0.9,
+    weight_decay: 0,
+  },
   eval: { interval_steps: 1000, batch_size: 512, bn_recalibration_batches: 0 },
   checkpoint: { interval_steps: 1000, keep_latest: 2 },
   seed: 0,
@@ -107,7 +131,11 @@ export function presets(): Preset[] {
       label: 'CIFAR-10-4K recipe (the paper)',
       spec: example(/cifar.*10.*4k.*\.json$/i) ?? structuredClone(CIFAR10_4K),
     },
-    { id: 'empty', label: 'Paper defaults (only the data to fill in)', spec: { data: { labeled: {} } } },
+    {
+      id: 'empty',
+      label: 'Paper defaults (only the data to fill in)',
+      spec: { data: { labeled: {} } },
+    },
   ];
 }
 

@@ -140,8 +140,12 @@ describe('console against the real platform', () => {
     const bars = await page.locator('.class-bars tbody tr').count();
     assert.equal(bars, 10, 'Fashion-MNIST has 10 classes');
     await eventually(
-      async () => (await page.locator('.samples img').count()) > 0 &&
-        page.locator('.samples img').first().evaluate((img) => img.complete && img.naturalWidth > 0),
+      async () =>
+        (await page.locator('.samples img').count()) > 0 &&
+        page
+          .locator('.samples img')
+          .first()
+          .evaluate((img) => img.complete && img.naturalWidth > 0),
       20_000,
       'sample images to load',
     );
@@ -152,7 +156,7 @@ describe('console against the real platform', () => {
     await shot('datasets');
   });
 
-  test('the API\'s field errors appear beside the form fields', async () => {
+  test("the API's field errors appear beside the form fields", async () => {
     await page.goto(`${BASE}/#/new-run`);
     await page.locator('#spec-total_steps').waitFor();
     await page.locator('#spec-total_steps').fill('0');
@@ -233,7 +237,8 @@ describe('console against the real platform', () => {
     await page.locator(`#compare-metric option[value="${metric}"]`).waitFor({ state: 'attached' });
     await page.locator('#compare-metric').selectOption(metric);
     await eventually(
-      async () => Number(await page.locator('section figure.chart').getAttribute('data-points')) > 0,
+      async () =>
+        Number(await page.locator('section figure.chart').getAttribute('data-points')) > 0,
       RUN_TIMEOUT_MS,
       'the compare chart to have points',
     );

@@ -58,7 +58,11 @@ export function ErrorBox({ error }: { error: unknown }) {
 }
 
 /** A page section with a heading. */
-export function Section(props: { title: string; children: ComponentChildren; actions?: ComponentChildren }) {
+export function Section(props: {
+  title: string;
+  children: ComponentChildren;
+  actions?: ComponentChildren;
+}) {
   const id = `section-${props.title.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   return (
     <section class="card" aria-labelledby={id}>

@@ -8,7 +8,13 @@ import { bytes, num, shortId, when } from '../format';
 import { navigate } from '../router';
 import type { Dataset, Sample } from '../types';
 
-const HISTOGRAM_KEYS = ['class_counts', 'per_class', 'per_class_counts', 'histogram', 'class_histogram'];
+const HISTOGRAM_KEYS = [
+  'class_counts',
+  'per_class',
+  'per_class_counts',
+  'histogram',
+  'class_histogram',
+];
 
 /** The per-class counts in a dataset's statistics, whatever the field is called. */
 function classCounts(stats: Record<string, unknown>): number[] | null {
@@ -90,7 +96,9 @@ export function DatasetPage({ id }: { id: string }) {
       )}
       {d && <Overview dataset={d} />}
       {d?.status === 'ready' && d.stats && <Statistics stats={d.stats} />}
-      {d?.status === 'ready' && <Samples id={id} names={d.stats ? classNames(d.stats) : undefined} />}
+      {d?.status === 'ready' && (
+        <Samples id={id} names={d.stats ? classNames(d.stats) : undefined} />
+      )}
     </div>
   );
 }
@@ -167,7 +175,9 @@ function Samples({ id, names }: { id: string; names?: string[] }) {
         const list = await api.samples(id, 32);
         const loaded = await Promise.all(
           list.map(async (s) => {
-            const url = URL.createObjectURL(await fetchBlob(`/v1/datasets/${id}/samples/${s.index}`));
+            const url = URL.createObjectURL(
+              await fetchBlob(`/v1/datasets/${id}/samples/${s.index}`),
+            );
             urls.push(url);
             return { ...s, url };
           }),

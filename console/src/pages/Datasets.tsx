@@ -65,7 +65,9 @@ export function DatasetsPage() {
                   <td>{d.kind}</td>
                   <td>{d.format}</td>
                   <td class="num">{imageCount(d.stats) ?? '–'}</td>
-                  <td class="num">{bytes((d.parts ?? []).reduce((n, p) => n + (p.size_bytes ?? 0), 0))}</td>
+                  <td class="num">
+                    {bytes((d.parts ?? []).reduce((n, p) => n + (p.size_bytes ?? 0), 0))}
+                  </td>
                   <td>{when(d.created_at)}</td>
                 </tr>
               ))}
@@ -137,7 +139,11 @@ function UploadForm({ onDone }: { onDone: () => void }) {
           onInput={(e) => setName((e.target as HTMLInputElement).value)}
         />
         <label for="ds-kind">Kind</label>
-        <select id="ds-kind" value={kind} onChange={(e) => setKind((e.target as HTMLSelectElement).value)}>
+        <select
+          id="ds-kind"
+          value={kind}
+          onChange={(e) => setKind((e.target as HTMLSelectElement).value)}
+        >
           <option value="labeled">labeled</option>
           <option value="unlabeled">unlabeled</option>
         </select>

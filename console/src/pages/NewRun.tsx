@@ -101,7 +101,8 @@ export function NewRunPage() {
     }
   };
 
-  const unplaced = submitError instanceof ApiError ? unplacedErrors(submitError.errors, schema) : [];
+  const unplaced =
+    submitError instanceof ApiError ? unplacedErrors(submitError.errors, schema) : [];
 
   return (
     <div class="page">
@@ -132,7 +133,10 @@ export function NewRunPage() {
                 onChange={(id) => {
                   const next = { ...choice, [role]: id };
                   setChoice(next);
-                  change(['data', role], id ? { dataset_id: id } : role === 'labeled' ? {} : undefined);
+                  change(
+                    ['data', role],
+                    id ? { dataset_id: id } : role === 'labeled' ? {} : undefined,
+                  );
                 }}
               />
             ))}
@@ -216,7 +220,14 @@ export function NewRunPage() {
               }}
             />
           ) : schema && schema.kind === 'object' ? (
-            <ObjectFields node={schema} path={[]} value={spec} errors={errors} onChange={change} datasets={ready} />
+            <ObjectFields
+              node={schema}
+              path={[]}
+              value={spec}
+              errors={errors}
+              onChange={change}
+              datasets={ready}
+            />
           ) : (
             !schemaError && <p class="muted">Loading the spec schema…</p>
           )}
@@ -225,7 +236,9 @@ export function NewRunPage() {
         <div class="submit-bar">
           {submitError instanceof ApiError && submitError.status === 422 ? (
             <div class="error-box" role="alert">
-              <strong>The API rejected the spec: {submitError.errors.length} field(s) to fix.</strong>
+              <strong>
+                The API rejected the spec: {submitError.errors.length} field(s) to fix.
+              </strong>
               {unplaced.length > 0 && (
                 <ul>
                   {unplaced.map((f) => (
@@ -297,7 +310,11 @@ function DatasetPicker(props: {
   );
 }
 
-function JsonEditor(props: { text: string; onText: (t: string) => void; onApply: (v: Json) => void }) {
+function JsonEditor(props: {
+  text: string;
+  onText: (t: string) => void;
+  onApply: (v: Json) => void;
+}) {
   const [error, setError] = useState<string | null>(null);
   const apply = () => {
     try {
@@ -361,12 +378,24 @@ function ObjectFields(props: FieldProps & { node: Extract<FieldNode, { kind: 'ob
       {leaves.length > 0 && (
         <div class="form-grid">
           {leaves.map(([key, node]) => (
-            <Field key={key} {...props} node={node} path={[...props.path, key]} value={getAt(props.value, [key])} />
+            <Field
+              key={key}
+              {...props}
+              node={node}
+              path={[...props.path, key]}
+              value={getAt(props.value, [key])}
+            />
           ))}
         </div>
       )}
       {groups.map(([key, node]) => (
-        <ObjectGroup key={key} {...props} node={node as Extract<FieldNode, { kind: 'object' }>} path={[...props.path, key]} value={getAt(props.value, [key])} />
+        <ObjectGroup
+          key={key}
+          {...props}
+          node={node as Extract<FieldNode, { kind: 'object' }>}
+          path={[...props.path, key]}
+          value={getAt(props.value, [key])}
+        />
       ))}
     </div>
   );
@@ -386,7 +415,11 @@ function ObjectGroup(props: FieldProps & { node: Extract<FieldNode, { kind: 'obj
           <span class="hint"> — {prose(props.node.meta.description)}</span>
         )}
       </legend>
-      {error && <p class="field-error" role="alert">{error}</p>}
+      {error && (
+        <p class="field-error" role="alert">
+          {error}
+        </p>
+      )}
       {optional && (
         <label class="inline">
           <input
@@ -409,7 +442,8 @@ function Field(props: FieldProps & { node: FieldNode }) {
   const key = path.join('.');
   const id = fieldId(path);
   const error = props.errors.get(key);
-  const fallback = node.meta.default !== undefined ? node.meta.default : getAt(PAPER_DEFAULTS, path);
+  const fallback =
+    node.meta.default !== undefined ? node.meta.default : getAt(PAPER_DEFAULTS, path);
   const describedBy = [node.meta.description ? `${id}-help` : '', error ? `${id}-error` : '']
     .filter(Boolean)
     .join(' ');

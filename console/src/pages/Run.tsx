@@ -100,7 +100,12 @@ export function RunPage({ id }: { id: string }) {
           const model = String(p.model ?? 'model');
           const split = String(p.split ?? 'eval');
           for (const what of ['top1', 'top5', 'loss']) {
-            appendPoint(pending.current, `${split}/${model}/${what}`, Number(p.step), Number(p[what]));
+            appendPoint(
+              pending.current,
+              `${split}/${model}/${what}`,
+              Number(p.step),
+              Number(p[what]),
+            );
           }
           break;
         }
@@ -113,7 +118,12 @@ export function RunPage({ id }: { id: string }) {
             eta_secs: Number(p.eta_secs),
           });
           if (Number.isFinite(Number(p.images_per_sec))) {
-            appendPoint(pending.current, 'images_per_sec', Number(p.step), Number(p.images_per_sec));
+            appendPoint(
+              pending.current,
+              'images_per_sec',
+              Number(p.step),
+              Number(p.images_per_sec),
+            );
           }
           break;
         case 'log':
@@ -165,7 +175,11 @@ export function RunPage({ id }: { id: string }) {
         const initial: SeriesMap = new Map();
         if (names.length > 0) {
           const { series: loadedSeries } = await api.metrics(id, names, pointsForCharts());
-          for (const s of loadedSeries) initial.set(s.name, s.points.map((p) => [p[0], p[1]]));
+          for (const s of loadedSeries)
+            initial.set(
+              s.name,
+              s.points.map((p) => [p[0], p[1]]),
+            );
         }
         const logPage = await api.logs(id);
         if (cancelled) return;
@@ -339,7 +353,9 @@ export function RunPage({ id }: { id: string }) {
                   </td>
                   <td>
                     {a.exit_reason ?? (a.ended_at ? '–' : 'running')}
-                    {a.exit_code !== null && a.exit_code !== undefined ? ` (code ${a.exit_code})` : ''}
+                    {a.exit_code !== null && a.exit_code !== undefined
+                      ? ` (code ${a.exit_code})`
+                      : ''}
                   </td>
                 </tr>
               ))}
@@ -390,7 +406,10 @@ function Charts({ series }: { series: SeriesMap }) {
     const out = CHART_GROUPS.map((g) => {
       const picked = names.filter((n) => g.match(n));
       picked.forEach((n) => used.add(n));
-      return { title: g.title, series: picked.map((n) => ({ name: n, points: series.get(n) ?? [] })) };
+      return {
+        title: g.title,
+        series: picked.map((n) => ({ name: n, points: series.get(n) ?? [] })),
+      };
     });
     const rest = names.filter((n) => !used.has(n));
     if (rest.length > 0) {
@@ -487,10 +506,13 @@ function Checkpoints({ list }: { list: Checkpoint[] }) {
                           class="small-button"
                           data-file={f.name}
                           data-sha256={f.sha256}
-                          aria-label={`Download ${f.name} of the ${c.kind} checkpoint at step ${c.step}`}
+                          aria-label={downloadLabel(c, f.name)}
                           onClick={() =>
                             run(() =>
-                              downloadFile(`/v1/checkpoints/${c.id}/files/${encodeURIComponent(f.name)}`, f.name),
+                              downloadFile(
+                                `/v1/checkpoints/${c.id}/files/${encodeURIComponent(f.name)}`,
+                                f.name,
+                              ),
                             )
                           }
                         >
@@ -556,4 +578,8 @@ function Checkpoints({ list }: { list: Checkpoint[] }) {
       </p>
     </>
   );
+}
+
+function downloadLabel(c: Checkpoint, file: string): string {
+  return `Download ${file} of the ${c.kind} checkpoint at step ${c.step}`;
 }

@@ -204,7 +204,11 @@ export function RunsPage() {
                     )}
                   </td>
                   <td>{run.algorithm}</td>
-                  <td>{run.experiment_id ? (experimentName.get(run.experiment_id) ?? shortId(run.experiment_id)) : '–'}</td>
+                  <td>
+                    {run.experiment_id
+                      ? (experimentName.get(run.experiment_id) ?? shortId(run.experiment_id))
+                      : '–'}
+                  </td>
                   <td>{dataset ? (datasetName.get(dataset) ?? shortId(dataset)) : '–'}</td>
                   <td>
                     <ProgressBar
@@ -224,6 +228,11 @@ export function RunsPage() {
             })}
           </tbody>
         </table>
+        {runs.data?.next_cursor && (
+          <p class="muted small">
+            Showing the newest {rows.length} runs that match; narrow the filters to see older ones.
+          </p>
+        )}
         {runs.data && rows.length === 0 && (
           <p class="empty">
             No runs match. <a href="#/new-run">Start one</a>.

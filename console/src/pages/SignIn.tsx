@@ -24,7 +24,8 @@ export function SignIn(props: { next: string | null }) {
         headers: { Authorization: `Bearer ${secret}` },
       });
       if (res.status === 401) throw new ApiError(401, 'This token is not valid', '');
-      if (!res.ok) throw new ApiError(res.status, 'The API answered an error', `HTTP ${res.status}`);
+      if (!res.ok)
+        throw new ApiError(res.status, 'The API answered an error', `HTTP ${res.status}`);
       setToken(secret);
       navigate(props.next && !props.next.startsWith('/signin') ? props.next : '/runs');
     } catch (err) {
