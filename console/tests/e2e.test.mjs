@@ -110,7 +110,7 @@ describe('console against the real platform', () => {
     await page.getByText('This token is not valid').waitFor();
     await page.getByLabel('API token').fill(TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByRole('heading', { name: 'Runs' }).waitFor();
+    await page.getByRole('heading', { name: 'Runs', exact: true }).waitFor();
   });
 
   test('a 401 from the API sends the user back to sign in', async () => {
@@ -120,7 +120,7 @@ describe('console against the real platform', () => {
     assert.match(page.url(), /#\/signin\?next=/);
     await page.getByLabel('API token').fill(TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByRole('heading', { name: 'Datasets' }).waitFor();
+    await page.getByRole('heading', { name: 'Datasets', exact: true }).waitFor();
   });
 
   test('a Fashion-MNIST upload shows progress, then statistics and samples', async () => {
@@ -130,10 +130,21 @@ describe('console against the real platform', () => {
     await page.locator('#ds-format').selectOption('idx');
     await page.locator('#ds-part-images').setInputFiles(`${FASHION}/t10k-images-idx3-ubyte.gz`);
     await page.locator('#ds-part-labels').setInputFiles(`${FASHION}/t10k-labels-idx1-ubyte.gz`);
+    // The upload may finish between two polls, so the page itself records every progress
+    // value the bar shows.
+    await page.evaluate(() => {
+      window.uploadProgress = [];
+      new MutationObserver(() => {
+        const bar = document.querySelector('[role="progressbar"][aria-label="Upload of images"]');
+        const value = bar?.getAttribute('aria-valuenow');
+        if (value !== null && value !== undefined) window.uploadProgress.push(Number(value));
+      }).observe(document.body, { subtree: true, childList: true, attributes: true });
+    });
     await page.getByRole('button', { name: 'Create and upload' }).click();
-    await page.getByRole('progressbar', { name: 'Upload of images' }).waitFor();
     await page.waitForURL(/#\/datasets\/[0-9a-f-]{36}$/, { timeout: 60_000 });
     datasetId = page.url().split('/').pop();
+    const progress = await page.evaluate(() => window.uploadProgress);
+    assert.ok(progress.includes(100), `the upload bar reached 100%: ${progress}`);
 
     await page.locator('.badge.status-ready').waitFor({ timeout: 120_000 });
     await page.getByRole('table', { name: 'Images per class' }).waitFor();
