@@ -8,12 +8,17 @@
 //! The [`augment`] module holds the weak and strong views that Meta Pseudo Labels trains on,
 //! written for `u8` buffers and seeded per image so results never depend on thread count.
 
+mod archive;
+pub mod augment;
 pub mod canonical;
+pub mod cifar;
 mod error;
+pub mod folder;
 pub mod idx;
 mod limits;
 mod reader;
 pub mod split;
+pub mod thumbnail;
 
 use std::path::Path;
 
@@ -21,6 +26,7 @@ use mpl_protocol::spec::DataFormat;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use augment::{Augmenter, sample_seed};
 pub use error::DataError;
 pub use limits::Limits;
 
@@ -183,9 +189,9 @@ pub fn load_with_limits(
 ) -> Result<ImageSet, DataError> {
     match format {
         DataFormat::Idx => idx::load_with_limits(path, labels_path, limits),
-        DataFormat::Cifar10 | DataFormat::Cifar100 | DataFormat::ImageFolder => Err(
-            DataError::invalid(reader::display(path), "this format is not readable yet"),
-        ),
+        DataFormat::Cifar10 => cifar::load_with_limits(path, cifar::Variant::Cifar10, limits),
+        DataFormat::Cifar100 => cifar::load_with_limits(path, cifar::Variant::Cifar100, limits),
+        DataFormat::ImageFolder => folder::load_with_limits(path, limits),
         DataFormat::Canonical => canonical::read(path),
     }
 }
