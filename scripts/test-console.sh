@@ -75,5 +75,6 @@ curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || die "mpl-server did not 
 
 step "running the browser tests"
 cd console
-MPL_CONSOLE_URL="http://127.0.0.1:$PORT" MPL_ADMIN_TOKEN="$TOKEN" \
-  node --test --test-concurrency=1 tests/
+npm run test:unit
+export MPL_CONSOLE_URL="http://127.0.0.1:$PORT" MPL_ADMIN_TOKEN="$TOKEN"
+npm run test:e2e

@@ -15,6 +15,9 @@ import type {
   Sample,
   Worker,
 } from './types';
+import { type StreamEvent, readStream } from './sse';
+
+export type { StreamEvent };
 
 const TOKEN_KEY = 'mpl.token';
 
@@ -218,13 +221,6 @@ function safeJson(text: string): unknown {
   }
 }
 
-/** One server-sent event. */
-export interface StreamEvent {
-  id: number | null;
-  event: string;
-  data: unknown;
-}
-
 /**
  * Follows a run's SSE stream. EventSource cannot send an Authorization header, so the
  * stream is read with fetch and parsed here. On a dropped connection it reconnects with
@@ -271,44 +267,4 @@ export function followEvents(
     stopped = true;
     controller.abort();
   };
-}
-
-/** Parses the text/event-stream framing: blank-line separated blocks of `field: value`. */
-async function readStream(
-  body: ReadableStream<Uint8Array>,
-  onEvent: (e: StreamEvent) => void,
-): Promise<void> {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
-    let end: number;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const parsed = parseBlock(block);
-      if (parsed) onEvent(parsed);
-    }
-  }
-}
-
-function parseBlock(block: string): StreamEvent | null {
-  let id: number | null = null;
-  let event = 'message';
-  const data: string[] = [];
-  for (const line of block.split('\n')) {
-    if (line.startsWith(':')) continue;
-    const colon = line.indexOf(':');
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-    if (field === 'id') id = Number(value);
-    else if (field === 'event') event = value;
-    else if (field === 'data') data.push(value);
-  }
-  if (data.length === 0) return null;
-  const text = data.join('\n');
-  return { id: Number.isFinite(id) ? id : null, event, data: safeJson(text) ?? text };
 }

@@ -16,7 +16,7 @@ const BASE = process.env.MPL_CONSOLE_URL ?? 'http://127.0.0.1:8080';
 const TOKEN = process.env.MPL_ADMIN_TOKEN;
 const FASHION = process.env.MPL_FASHION_DIR ?? '/usr/share/datasets/fashion-mnist';
 const RUN_TIMEOUT_MS = Number(process.env.MPL_RUN_TIMEOUT_SECS ?? 900) * 1000;
-const SHOTS = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
+const SHOTS = fileURLToPath(new URL('../../../docs/screenshots/', import.meta.url));
 
 let browser;
 let page;
