@@ -17,3 +17,21 @@ pub mod optim;
 pub mod pipeline;
 pub mod runner;
 pub mod schedule;
+
+/// An error caused by the user's input (spec, command line, data files) rather than by
+/// training itself; the process exits with `mpl_protocol::exit_code::INVALID_INPUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+impl InvalidInput {
+    /// Wraps a message as an input error inside an [`anyhow::Error`].
+    pub fn error(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(InvalidInput(message.into()))
+    }
+}
+
+/// Whether an error (or any error it wraps) is an [`InvalidInput`].
+pub fn is_invalid_input(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.is::<InvalidInput>())
+}
