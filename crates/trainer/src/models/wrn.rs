@@ -101,7 +101,7 @@ impl WideResNet {
     /// specs before a model is built.
     pub fn new(path: &nn::Path, config: &ModelConfig) -> WideResNet {
         assert!(
-            config.depth >= 10 && (config.depth - 4) % 6 == 0,
+            config.depth >= 10 && (config.depth - 4).is_multiple_of(6),
             "WideResNet depth must be 6n + 4, got {}",
             config.depth
         );
