@@ -5,7 +5,7 @@
 // The steps build on each other (the run needs the dataset, compare needs two runs), so they
 // run in order in one browser. Each page is saved as a PNG under docs/screenshots/.
 
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -45,6 +45,12 @@ async function apiGet(path) {
   const res = await fetch(`${BASE}${path}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
   assert.equal(res.status, 200, `GET ${path}`);
   return res.json();
+}
+
+/** Puts the token where the console keeps it, so a test does not depend on the sign-in ones. */
+async function signedIn() {
+  if (!page.url().startsWith(BASE)) await page.goto(`${BASE}/`);
+  await page.evaluate((token) => localStorage.setItem('mpl.token', token), TOKEN);
 }
 
 async function startSmokeRun(name, algorithm) {
@@ -97,6 +103,15 @@ describe('console against the real platform', () => {
     });
   });
 
+  // With MPL_E2E_ARTIFACTS set, the page as each test left it is saved there (for failures).
+  afterEach(async (t) => {
+    const dir = process.env.MPL_E2E_ARTIFACTS;
+    if (!dir || !page) return;
+    mkdirSync(dir, { recursive: true });
+    const name = (t?.name ?? 'test').replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
+    await page.screenshot({ path: `${dir}/${name}.png`, fullPage: true }).catch(() => {});
+  });
+
   after(async () => {
     await browser?.close();
   });
@@ -115,15 +130,16 @@ describe('console against the real platform', () => {
 
   test('a 401 from the API sends the user back to sign in', async () => {
     await page.evaluate(() => localStorage.setItem('mpl.token', 'revoked-token'));
-    await page.goto(`${BASE}/#/datasets`);
-    await page.getByLabel('API token').waitFor({ timeout: 10_000 });
-    assert.match(page.url(), /#\/signin\?next=/);
+    await page.goto(`${BASE}/#/workers`);
+    await page.waitForURL(/#\/signin\?next=%2Fworkers$/, { timeout: 10_000 });
+    await page.getByLabel('API token').waitFor();
     await page.getByLabel('API token').fill(TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByRole('heading', { name: 'Datasets', exact: true }).waitFor();
+    await page.getByRole('heading', { name: 'Workers & queue', exact: true }).waitFor();
   });
 
   test('a Fashion-MNIST upload shows progress, then statistics and samples', async () => {
+    await signedIn();
     await page.goto(`${BASE}/#/datasets`);
     await page.locator('#ds-name').fill('fashion-mnist-t10k');
     await page.locator('#ds-kind').selectOption('labeled');
@@ -168,6 +184,7 @@ describe('console against the real platform', () => {
   });
 
   test("the API's field errors appear beside the form fields", async () => {
+    await signedIn();
     await page.goto(`${BASE}/#/new-run`);
     await page.locator('#spec-total_steps').waitFor();
     await page.locator('#spec-total_steps').fill('0');
@@ -182,6 +199,7 @@ describe('console against the real platform', () => {
   });
 
   test('a smoke run started from the preset charts its metrics live', async () => {
+    await signedIn();
     await page.goto(`${BASE}/#/new-run`);
     await page.locator('#spec-algorithm').waitFor();
     await shot('new-run');
@@ -230,6 +248,7 @@ describe('console against the real platform', () => {
   });
 
   test('two runs compare: overlaid metric and highlighted spec differences', async () => {
+    await signedIn();
     await startSmokeRun('smoke-supervised', 'supervised');
     await page.locator('h1 .badge.status-succeeded').waitFor({ timeout: RUN_TIMEOUT_MS });
     await page.goto(`${BASE}/#/runs`);
@@ -260,6 +279,7 @@ describe('console against the real platform', () => {
   });
 
   test('the runs table, workers and queue pages show the platform state', async () => {
+    await signedIn();
     await page.goto(`${BASE}/#/runs`);
     await page.locator(`tr[data-run-id="${runIds[0]}"][data-status="succeeded"]`).waitFor();
     await shot('runs');
