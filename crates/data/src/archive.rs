@@ -31,6 +31,8 @@ pub(crate) struct Entry<'a> {
     pub name: &'a str,
     /// The name's components, already checked to be safe.
     pub components: &'a [String],
+    /// Whether the entry is a folder.
+    pub is_dir: bool,
     /// The file's bytes; `None` for a folder or a file the visitor chose not to read.
     pub data: Option<Vec<u8>>,
 }
@@ -129,6 +131,7 @@ where
             visit(Entry {
                 name: &name,
                 components: &components,
+                is_dir: true,
                 data: None,
             })?;
             continue;
@@ -160,6 +163,7 @@ where
         visit(Entry {
             name: &name,
             components: &components,
+            is_dir: false,
             data,
         })?;
     }
@@ -198,6 +202,7 @@ where
             visit(Entry {
                 name: &name,
                 components: &components,
+                is_dir: true,
                 data: None,
             })?;
             continue;
@@ -221,6 +226,7 @@ where
         visit(Entry {
             name: &name,
             components: &components,
+            is_dir: false,
             data,
         })?;
     }

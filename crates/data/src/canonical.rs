@@ -264,7 +264,7 @@ fn check_consistent(set: &ImageSet, file: &str) -> Result<(), DataError> {
             set.channels
         ));
     }
-    if set.image_len() == 0 || set.pixels.len() % set.image_len() != 0 {
+    if set.image_len() == 0 || !set.pixels.len().is_multiple_of(set.image_len()) {
         return bad(format!(
             "{} pixel bytes are not a whole number of {}x{}x{} images",
             set.pixels.len(),

@@ -143,7 +143,7 @@ pub fn parse_batch(bytes: &[u8], variant: Variant, file: &str) -> Result<ImageSe
             detail: String::new(),
         });
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(DataError::truncated(
             file,
             format!(

@@ -102,22 +102,16 @@ impl Collected {
         if is_ignored(entry.components) {
             return Ok(());
         }
-        let Some(data) = entry.data else {
-            if is_image_name(entry.name) {
-                return Err(DataError::Unsupported {
-                    file: at,
-                    reason: "an image name on a folder".into(),
-                });
-            }
+        if entry.is_dir {
             self.folders.insert(entry.components.to_vec());
             return Ok(());
-        };
-        if !is_image_name(entry.name) {
+        }
+        let Some(data) = entry.data.filter(|_| is_image_name(entry.name)) else {
             return Err(DataError::Unsupported {
                 file: at,
                 reason: "only PNG and JPEG images (.png, .jpg, .jpeg) are supported".into(),
             });
-        }
+        };
 
         let image = decode(&data, &at, limits)?;
         let (h, w) = (image.height() as usize, image.width() as usize);
