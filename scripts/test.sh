@@ -35,6 +35,9 @@ export MPL_TRAINER_BIN="$PWD/target/debug/trainer"
 step "running the Rust tests"
 cargo test --workspace --no-fail-fast -- --test-threads="${MPL_TEST_THREADS:-2}"
 
+step "fuzzing the API against its OpenAPI document (schemathesis)"
+scripts/test-api-fuzz.sh
+
 if [ "${MPL_SKIP_CONSOLE:-0}" != 1 ] && [ -x scripts/test-console.sh ]; then
   step "running the console's browser tests"
   scripts/test-console.sh
