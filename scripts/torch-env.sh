@@ -19,6 +19,12 @@ else
   "$_root/.venv/bin/python" -m pip install --progress-bar off "torch==$_want" numpy >&2
   MPL_PYTHON="$_root/.venv/bin/python"
 fi
+# Loading exports (python/mpl_reference.py) needs safetensors, and torchvision for ResNet and
+# EfficientNet; torchvision 0.26.0 is the release built against torch 2.11.0.
+if ! "$MPL_PYTHON" -c 'import safetensors, torchvision' 2>/dev/null; then
+  echo "==> installing safetensors and torchvision 0.26.0 for $MPL_PYTHON (once)" >&2
+  "$MPL_PYTHON" -m pip install --progress-bar off safetensors "torchvision==0.26.0" >&2 || true
+fi
 _torch_dir="$("$MPL_PYTHON" -c 'import torch,os; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 export MPL_PYTHON
 export LIBTORCH_USE_PYTORCH=1
