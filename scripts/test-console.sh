@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the console's end-to-end tests in headless Chromium against the real platform: a fresh
-# PostgreSQL database, `mpl-server` (api + in-process scheduler) with the real `trainer`, and
+# PostgreSQL database, `mpl-server` (the api) and `mpl-scheduler` beside it (the deployment of a
+# scheduler on its own machine, here on the same one) running the real `trainer`, with
 # local-directory storage in a temporary folder. Everything started here is stopped at the end.
 #
 #   MPL_TEST_DATABASE_URL  a PostgreSQL server where the test may create a database
@@ -20,18 +21,28 @@ PSQL="$(pg_bin_dir)/psql"
 DB="console_test_$(date +%s)_$$"
 WORK="$(mktemp -d)"
 SERVER_PID=""
+SCHEDULER_PID=""
+
+# Stops one process started here: SIGTERM, then SIGKILL after 10 s.
+stop() {
+  local pid="$1"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 
 cleanup() {
   local status=$?
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop "$SCHEDULER_PID"
+  stop "$SERVER_PID"
   "$PSQL" "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  if [ $status -ne 0 ] && [ -f "$WORK/server.log" ]; then
-    step "last lines of the server log"
-    tail -n 60 "$WORK/server.log" >&2
+  if [ $status -ne 0 ]; then
+    for log in server scheduler; do
+      [ -f "$WORK/$log.log" ] || continue
+      step "last lines of the $log log"
+      tail -n 40 "$WORK/$log.log" >&2
+    done
   fi
   rm -rf "$WORK"
   exit $status
@@ -46,24 +57,26 @@ source scripts/torch-env.sh
 if [ "${MPL_SKIP_BUILD:-0}" != 1 ]; then
   step "building the console (npm ci, npm run build)"
   (cd console && npm ci --no-audit --no-fund && npm run build) >&2
-  step "building mpl-server and the trainer (debug)"
-  cargo build -p mpl-trainer -p mpl-api >&2
+  step "building mpl-server, mpl-scheduler and the trainer (debug)"
+  cargo build -p mpl-trainer -p mpl-api -p mpl-scheduler >&2
 fi
 
 PORT="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 TOKEN="console-e2e-$(node -e 'console.log(require("crypto").randomBytes(16).toString("hex"))')"
 
+export MPL_DATABASE_URL="$DATABASE_URL"
+export MPL_STORAGE_URL="file://$WORK/objects"
+export MPL_LISTEN="127.0.0.1:$PORT"
+export MPL_ADMIN_TOKEN="$TOKEN"
+export MPL_CONSOLE_DIR="$ROOT/console/dist"
+export MPL_TRAINER_BIN="${MPL_TRAINER_BIN:-$ROOT/target/debug/trainer}"
+export MPL_SLOTS="${MPL_SLOTS:-1}"
+export MPL_DEVICES=cpu
+# The scheduler runs as its own process, so the in-process one is turned off.
+export MPL_SCHEDULER=0
+
 step "starting mpl-server on 127.0.0.1:$PORT"
-MPL_DATABASE_URL="$DATABASE_URL" \
-MPL_DATA_DIR="$WORK/data" \
-MPL_STORAGE_URL="file://$WORK/objects" \
-MPL_LISTEN="127.0.0.1:$PORT" \
-MPL_ADMIN_TOKEN="$TOKEN" \
-MPL_CONSOLE_DIR="$ROOT/console/dist" \
-MPL_TRAINER_BIN="${MPL_TRAINER_BIN:-$ROOT/target/debug/trainer}" \
-MPL_SLOTS="${MPL_SLOTS:-1}" \
-MPL_DEVICES=cpu \
-  "$ROOT/target/debug/mpl-server" serve >"$WORK/server.log" 2>&1 &
+MPL_DATA_DIR="$WORK/api" "$ROOT/target/debug/mpl-server" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 
 for _ in $(seq 1 150); do
@@ -73,8 +86,11 @@ for _ in $(seq 1 150); do
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || die "mpl-server did not become ready"
 
+step "starting mpl-scheduler"
+MPL_DATA_DIR="$WORK/scheduler" "$ROOT/target/debug/mpl-scheduler" >"$WORK/scheduler.log" 2>&1 &
+SCHEDULER_PID=$!
+
 step "running the browser tests"
 cd console
 npm run test:unit
-export MPL_CONSOLE_URL="http://127.0.0.1:$PORT" MPL_ADMIN_TOKEN="$TOKEN"
-npm run test:e2e
+MPL_CONSOLE_URL="http://127.0.0.1:$PORT" npm run test:e2e

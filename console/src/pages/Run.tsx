@@ -281,7 +281,7 @@ export function RunPage({ id }: { id: string }) {
             </div>
             <div>
               <dt>Images/s</dt>
-              <dd>{num(progress.images_per_sec ?? null)}</dd>
+              <dd>{num(progress.images_per_sec ?? undefined)}</dd>
             </div>
             <div>
               <dt>Best acc.</dt>
