@@ -76,7 +76,9 @@ function options(props: ChartProps, width: number): uPlot.Options {
         stroke: PALETTE[i % PALETTE.length],
         width: 1.5,
         spanGaps: true,
-        points: { show: false },
+        // uPlot draws the points themselves only where they are sparse (an evaluation every
+        // few thousand steps), so a series of one point is still visible.
+        points: { size: 5 },
       })),
     ],
   };

@@ -21,10 +21,13 @@ export const CHART_GROUPS: ChartGroup[] = [
     title: 'Losses (teacher and student)',
     match: (n) => /^(teacher|student)\/(loss|sup|uda|mpl)$/.test(n),
   },
-  { title: 'Feedback h and its baseline', match: (n) => n === 'h' || n === 'h_baseline' },
+  {
+    title: 'Feedback h and its baseline',
+    match: (n) => n === 'h' || n === 'h_baseline' || n === 'h_used',
+  },
   { title: 'UDA mask rate', match: (n) => /mask_rate$/.test(n) },
   { title: 'Pseudo labels', match: (n) => n.startsWith('pseudo/') },
-  { title: 'Learning rates', match: (n) => /(^|\/|_)lr$|learning_rate/.test(n) },
+  { title: 'Learning rates', match: (n) => /(^|\/|_)lr(\/|$)|learning_rate/.test(n) },
   { title: 'Images per second', match: (n) => /images_per_sec$/.test(n) },
   { title: 'Accuracy (top-1)', match: (n) => /top1$/.test(n) },
   { title: 'Evaluation loss', match: (n) => /^(eval|validation)\/[a-z_]+\/loss$/.test(n) },
@@ -448,7 +451,7 @@ function Logs({ lines }: { lines: LogLine[] }) {
       <pre class="logs" ref={box} tabIndex={0} aria-label="Trainer log" aria-live="off">
         {lines.length === 0
           ? 'No log lines yet.'
-          : lines.map((l) => `[${l.attempt}] ${l.line}`).join('\n')}
+          : lines.map((l) => `[${l.attempt}] ${stripAnsi(l.line)}`).join('\n')}
       </pre>
     </>
   );
@@ -582,4 +585,10 @@ function Checkpoints({ list }: { list: Checkpoint[] }) {
 
 function downloadLabel(c: Checkpoint, file: string): string {
   return `Download ${file} of the ${c.kind} checkpoint at step ${c.step}`;
+}
+
+/** Trainer logs may carry terminal colour codes; a web page shows the text without them. */
+function stripAnsi(line: string): string {
+  // eslint-disable-next-line no-control-regex
+  return line.replace(/\u001b\[[0-9;]*[A-Za-z]/g, '');
 }
