@@ -407,7 +407,8 @@ async fn attempts_logs_and_workers_show_what_schedulers_recorded() {
     let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
     let worker = Uuid::new_v4();
     let setup = [
-        "INSERT INTO workers (id, hostname, slots, devices) VALUES ($2, 'gpu-1', 2, '[\"cuda:0\"]')",
+        "INSERT INTO workers (id, hostname, slots, devices) \
+         VALUES ($2, 'gpu-1', 2, '[\"cuda:0\"]')",
         "UPDATE runs SET status = 'running', attempt = 2, worker_id = $2 WHERE id = $1",
         "INSERT INTO attempts (run_id, attempt, worker_id, ended_at, exit_reason, last_step) \
          VALUES ($1, 1, $2, now(), 'lease_expired', 40), ($1, 2, $2, NULL, NULL, 0)",
