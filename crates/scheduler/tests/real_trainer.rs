@@ -25,7 +25,10 @@ fn real_trainer_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let debug_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let debug_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let path = debug_dir.join("trainer");
     assert!(
         path.exists(),
@@ -89,14 +92,20 @@ async fn the_smoke_spec_runs_to_success_on_platform_datasets_with_an_exported_st
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert!(points > 40, "training metrics were ingested ({points} points)");
+    assert!(
+        points > 40,
+        "training metrics were ingested ({points} points)"
+    );
     let (final_metrics, best): (Value, Value) =
         sqlx::query_as("SELECT final_metrics, best_metrics FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert!(final_metrics.as_object().is_some_and(|m| !m.is_empty()), "{final_metrics}");
+    assert!(
+        final_metrics.as_object().is_some_and(|m| !m.is_empty()),
+        "{final_metrics}"
+    );
     assert!(best.as_object().is_some_and(|m| !m.is_empty()), "{best}");
 
     let (files, prefix): (Value, String) = sqlx::query_as(
@@ -112,7 +121,15 @@ async fn the_smoke_spec_runs_to_success_on_platform_datasets_with_an_exported_st
     assert!(names.contains(&"student.export.safetensors"), "{names:?}");
     assert!(names.contains(&"model_card.json"), "{names:?}");
     for file in &files {
-        let bytes = storage.get_bytes(&format!("{prefix}/{}", file.name)).await.unwrap();
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), file.sha256, "{}", file.name);
+        let bytes = storage
+            .get_bytes(&format!("{prefix}/{}", file.name))
+            .await
+            .unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            file.sha256,
+            "{}",
+            file.name
+        );
     }
 }
