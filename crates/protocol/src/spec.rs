@@ -581,7 +581,7 @@ impl RunSpec {
         let m = &self.model;
         if m.arch == Architecture::WideResnet {
             v.check(
-                m.depth >= 10 && (m.depth - 4) % 6 == 0,
+                m.depth >= 10 && (m.depth - 4).is_multiple_of(6),
                 "model.depth",
                 "WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...)",
             );
