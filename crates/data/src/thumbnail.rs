@@ -7,14 +7,17 @@ use crate::ImageSet;
 
 /// Largest accepted upscaling factor.
 pub const MAX_SCALE: u32 = 16;
+/// Upscaling never makes a side longer than this (an already larger image keeps its size).
+pub const MAX_SIDE: usize = 1024;
 
-/// Encodes image `index` of `set` as a PNG, enlarged `scale` times (clamped to 1..=16) by
-/// repeating pixels, so tiny images such as 28x28 stay crisp.
+/// Encodes image `index` of `set` as a PNG, enlarged `scale` times (clamped to 1..=16, and so
+/// that no side passes [`MAX_SIDE`]) by repeating pixels, so tiny images such as 28x28 stay crisp.
 ///
 /// Panics if `index >= set.len()`.
 pub fn png(set: &ImageSet, index: usize, scale: u32) -> Vec<u8> {
-    let scale = scale.clamp(1, MAX_SCALE) as usize;
     let (h, w, c) = (set.height, set.width, set.channels);
+    let fits = (MAX_SIDE / h.max(w).max(1)).max(1);
+    let scale = (scale.clamp(1, MAX_SCALE) as usize).min(fits);
     let pixels = upscale(set.image(index), h, w, c, scale);
     let color = if c == 3 {
         image::ExtendedColorType::Rgb8
@@ -67,5 +70,20 @@ mod tests {
         assert_eq!(decoded.dimensions(), (12, 8));
         assert_eq!(decoded.get_pixel(5, 1).0, [30, 40, 50]);
         assert_eq!(decoded.get_pixel(11, 7).0, [150, 160, 170]);
+    }
+
+    #[test]
+    fn large_images_are_not_enlarged_past_the_side_limit() {
+        let set = ImageSet {
+            height: 100,
+            width: 60,
+            channels: 1,
+            pixels: vec![9; 6000],
+            labels: None,
+            class_names: Vec::new(),
+            num_classes: 0,
+        };
+        let decoded = image::load_from_memory(&png(&set, 0, 16)).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (600, 1000));
     }
 }
