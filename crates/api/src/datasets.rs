@@ -482,10 +482,10 @@ async fn upload_part(
             return Err(err);
         }
     };
-    if let Some(old) = replaced {
-        if let Err(err) = state.storage.delete(&old.key).await {
-            tracing::warn!(dataset_id = %id, error = %err, "deleting a replaced part failed");
-        }
+    if let Some(old) = replaced
+        && let Err(err) = state.storage.delete(&old.key).await
+    {
+        tracing::warn!(dataset_id = %id, error = %err, "deleting a replaced part failed");
     }
     tracing::info!(dataset_id = %id, part, size_bytes = new_part.size_bytes, "part stored");
 
