@@ -243,7 +243,7 @@ pub fn apply_retention(root: &Path, keep_latest: usize) -> Result<Vec<PathBuf>> 
     }
     let mut deleted = Vec::new();
     for (kind, mut list) in by_kind {
-        list.sort_by(|a, b| b.0.cmp(&a.0));
+        list.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         let keep = if kind == "latest" { keep_latest } else { 1 };
         for (_, path) in list.into_iter().skip(keep) {
             fs::remove_dir_all(&path)

@@ -497,16 +497,16 @@ impl Session {
             let done = self.train_done;
             let images = host.num_images(self.image_len());
             window.add(&values, images);
-            if done % metrics_every == 0 || done == total {
+            if done.is_multiple_of(metrics_every) || done == total {
                 self.emit_metrics(done, window.take());
             }
             if let Some(event) = pace.tick(images, done, total, self.phase_name()) {
                 self.events.emit(&event);
             }
-            if done % self.spec.eval.interval_steps == 0 && done < total {
+            if done.is_multiple_of(self.spec.eval.interval_steps) && done < total {
                 self.evaluate_all(done, false)?;
             }
-            if done % self.spec.checkpoint.interval_steps == 0 {
+            if done.is_multiple_of(self.spec.checkpoint.interval_steps) {
                 self.write_checkpoint(CheckpointKind::Latest)?;
             }
         }
@@ -543,13 +543,13 @@ impl Session {
             let done = self.finetune_done;
             let images = host.num_images(self.image_len());
             window.add(&values, images);
-            if done % metrics_every == 0 || done == steps {
+            if done.is_multiple_of(metrics_every) || done == steps {
                 self.emit_metrics(total + done, window.take());
             }
             if let Some(event) = pace.tick(images, done, steps, "finetune") {
                 self.events.emit(&event);
             }
-            if done % self.spec.checkpoint.interval_steps == 0 && done < steps {
+            if done.is_multiple_of(self.spec.checkpoint.interval_steps) && done < steps {
                 self.write_checkpoint(CheckpointKind::Latest)?;
             }
         }
