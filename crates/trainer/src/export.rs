@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Manifest};
 use crate::models::{self, ModelConfig};
+use crate::runner;
 
 /// Version of the model card layout; bumped on incompatible changes.
 pub const MODEL_CARD_VERSION: u32 = 1;
@@ -123,7 +124,7 @@ pub fn export_student(checkpoint: &Path, out: &Path, role: ModelRole) -> Result<
         );
     }
 
-    let config = model_config(&manifest);
+    let config = runner::model_config(&manifest.spec, &manifest.data);
     let mut vs = VarStore::new(Device::Cpu);
     let _model = models::build(&vs.root(), &config);
     checkpoint::load_var_store(checkpoint, stem, &mut vs)?;
@@ -163,16 +164,6 @@ fn weights_stem(role: ModelRole) -> &'static str {
 fn file_names(manifest: &Manifest) -> String {
     let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
     names.join(", ")
-}
-
-/// The configuration the checkpoint's networks were built with.
-pub fn model_config(manifest: &Manifest) -> ModelConfig {
-    ModelConfig::from_spec(
-        &manifest.spec.model,
-        manifest.data.bn_momentum,
-        manifest.data.in_channels as i64,
-        manifest.data.num_classes as i64,
-    )
 }
 
 /// The var store's tensors as PyTorch's `state_dict()` would list them: every variable in f32

@@ -4,7 +4,8 @@
 //! away from their initial values with a few train-mode passes, saves it as a checkpoint the
 //! way a run does, exports it, and then asks `$MPL_PYTHON` to load the export with
 //! `python/mpl_reference.py` and compute logits for images the test wrote to a file. Those
-//! logits must match the trainer's eval-mode logits to 1e-4.
+//! logits must match the ones `trainer eval --logits-out` writes for the same images and
+//! checkpoint to 1e-4.
 //!
 //! The tests skip (with a printed reason) only when `$MPL_PYTHON` (default `python3`) cannot
 //! import torch; the torchvision architectures also need torchvision.
@@ -100,16 +101,48 @@ fn random_pixels(channels: usize, side: usize) -> Vec<u8> {
     Vec::<u8>::try_from(&pixels).expect("u8 tensor to vec")
 }
 
-/// The trainer's input normalisation: scale to 0..1, subtract the mean, divide by the std.
-fn normalise(pixels: &[u8], info: &DataInfo) -> Tensor {
-    let (c, side) = (info.in_channels as i64, info.height as i64);
-    let raw = Tensor::from_slice(pixels).view([IMAGES as i64, side, side, c]);
-    let scaled = raw.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
-    let mean: Vec<f32> = info.mean.iter().map(|&m| m as f32).collect();
-    let std: Vec<f32> = info.std.iter().map(|&s| s as f32).collect();
-    let mean = Tensor::from_slice(&mean).view([1, c, 1, 1]);
-    let std = Tensor::from_slice(&std).view([1, c, 1, 1]);
-    (scaled - mean) / std
+/// Writes `pixels` as a raw IDX images file (`n x rows x cols x channels`) and random labels
+/// as an IDX labels file, the input of `trainer eval`.
+fn write_idx(dir: &Path, pixels: &[u8], info: &DataInfo) -> (PathBuf, PathBuf) {
+    let dims = [IMAGES, info.height, info.width, info.in_channels];
+    let mut images = vec![0, 0, 0x08, dims.len() as u8];
+    for dim in dims {
+        images.extend_from_slice(&(dim as u32).to_be_bytes());
+    }
+    images.extend_from_slice(pixels);
+    let mut labels = vec![0, 0, 0x08, 1];
+    labels.extend_from_slice(&(IMAGES as u32).to_be_bytes());
+    labels.extend((0..IMAGES).map(|i| (i % info.num_classes) as u8));
+
+    let (images_path, labels_path) = (dir.join("images.idx"), dir.join("labels.idx"));
+    std::fs::write(&images_path, images).expect("write the IDX images");
+    std::fs::write(&labels_path, labels).expect("write the IDX labels");
+    (images_path, labels_path)
+}
+
+/// The logits `trainer eval --logits-out` writes for the student of `checkpoint`.
+fn trainer_logits(dir: &Path, checkpoint: &Path, images: &Path, labels: &Path) -> Vec<Vec<f64>> {
+    let logits_file = dir.join("logits.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("eval")
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .arg("--data")
+        .arg(images)
+        .args(["--format", "idx", "--labels-path"])
+        .arg(labels)
+        .arg("--logits-out")
+        .arg(&logits_file)
+        .output()
+        .expect("run trainer eval");
+    assert!(
+        out.status.success(),
+        "trainer eval failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&logits_file).expect("trainer eval wrote --logits-out");
+    let written: serde_json::Value = serde_json::from_str(&text).expect("logits file is JSON");
+    serde_json::from_value(written["logits"].clone()).expect("a matrix of logits")
 }
 
 const PYTHON_LOGITS: &str = r#"
@@ -182,8 +215,8 @@ fn export_and_compare(config: ModelConfig, side: usize) -> f64 {
     let pixels = random_pixels(channels, side);
     let pixels_file = dir.path().join("images.u8");
     std::fs::write(&pixels_file, &pixels).expect("write the images");
-    let ours = tch::no_grad(|| model.forward_t(&normalise(&pixels, &info), false));
-    let ours: Vec<Vec<f64>> = Vec::try_from(&ours.to_kind(Kind::Double)).expect("logits");
+    let (images, labels) = write_idx(dir.path(), &pixels, &info);
+    let ours = trainer_logits(dir.path(), &written.path, &images, &labels);
 
     let theirs = python_logits(dir.path(), &weights, &pixels_file);
     assert_eq!(theirs.len(), ours.len(), "one row of logits per image");
