@@ -65,15 +65,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("starting the api failed")?;
     eprintln!("MPL platform listening on http://127.0.0.1:{}/", app.port());
 
-    // The in-process scheduler: started after the api has applied the migrations, stopped after
-    // the api has drained its requests.
-    // TODO(scheduler): start `mpl_scheduler::Scheduler::start(mpl_scheduler::Config::from_env()?)`
-    // here and `shutdown()` it after `run_until_stopped` once the scheduler crate exposes it.
-    if scheduler_enabled {
-        tracing::warn!("no in-process scheduler in this build; run mpl-scheduler beside it");
-    }
+    // The in-process scheduler: started after the api has applied the migrations (it shares
+    // the api's pool and store), stopped after the api has drained its requests, so running
+    // trainers checkpoint and their runs return to the queue for another scheduler.
+    let scheduler = if scheduler_enabled {
+        let state = app.state();
+        let config = mpl_scheduler::Config::from_env().context("scheduler configuration")?;
+        let handle = mpl_scheduler::Scheduler::start_with(state.db, state.storage, config)
+            .await
+            .context("starting the in-process scheduler failed")?;
+        Some(handle)
+    } else {
+        None
+    };
 
-    app.run_until_stopped().await
+    let served = app.run_until_stopped().await;
+    if let Some(handle) = scheduler {
+        handle.shutdown().await.context("stopping the scheduler")?;
+    }
+    served
 }
 
 fn init_tracing() {
