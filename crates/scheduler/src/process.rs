@@ -29,6 +29,8 @@ impl TrainerProcess {
     pub fn spawn(trainer_bin: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let mut child = Command::new(trainer_bin)
             .args(args)
+            // The trainer stops (with a checkpoint) if this process dies without stopping it.
+            .env("MPL_STOP_WITH_PARENT", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
