@@ -126,6 +126,9 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router(document))
         .merge(prometheus::router())
         .fallback(console::fallback)
+        .layer(axum::middleware::map_response(
+            crate::error::problem_for_plain_rejections,
+        ))
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.limits.clone(),
