@@ -287,6 +287,49 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// Turns the plain-text 4xx answers of axum's own extractors (a malformed path parameter or query
+/// string, say) into problem documents, so every error the api sends has one shape.
+pub async fn problem_for_plain_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !is_plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let detail = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_owned(),
+    };
+    let problem = Problem {
+        kind: format!(
+            "urn:mpl:problem:{}",
+            if status == StatusCode::NOT_FOUND {
+                "not-found"
+            } else {
+                "bad-request"
+            }
+        ),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        errors: None,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,47 +373,4 @@ mod tests {
         assert!(!problem.detail.contains("hunter2"));
         assert_eq!(problem.status, 500);
     }
-}
-
-/// Turns the plain-text 4xx answers of axum's own extractors (a malformed path parameter or query
-/// string, say) into problem documents, so every error the api sends has one shape.
-pub async fn problem_for_plain_rejections(response: Response) -> Response {
-    let status = response.status();
-    let is_plain = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if !status.is_client_error() || !is_plain {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let detail = match axum::body::to_bytes(body, 16 * 1024).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(_) => status
-            .canonical_reason()
-            .unwrap_or("bad request")
-            .to_owned(),
-    };
-    let problem = Problem {
-        kind: format!(
-            "urn:mpl:problem:{}",
-            if status == StatusCode::NOT_FOUND {
-                "not-found"
-            } else {
-                "bad-request"
-            }
-        ),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        detail,
-        errors: None,
-    };
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, axum::body::Body::from(body))
 }
