@@ -328,8 +328,10 @@ pub struct CreatedToken {
     request_body = NewToken,
     responses(
         (status = 201, description = "Created; `token` is the secret", body = CreatedToken),
-        (status = 403, description = "Not an admin token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = crate::error::Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn create_token(
     State(state): State<AppState>,
@@ -368,7 +370,8 @@ async fn create_token(
 #[utoipa::path(get, path = "/tokens", tag = "tokens",
     responses(
         (status = 200, description = "Every token", body = Vec<Token>),
-        (status = 403, description = "Not an admin token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = crate::error::Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Token>>> {
     caller.require_admin()?;
@@ -386,8 +389,10 @@ async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult
     params(("id" = Uuid, Path, description = "Token id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 403, description = "Not an admin token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = crate::error::Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such token", body = crate::error::Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn revoke_token(
     State(state): State<AppState>,

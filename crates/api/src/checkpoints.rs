@@ -123,7 +123,8 @@ async fn fetch_row(db: &PgPool, id: Uuid) -> ApiResult<CheckpointRow> {
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
         (status = 200, description = "Its checkpoints", body = Vec<Checkpoint>),
-        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn list_checkpoints(
     State(state): State<AppState>,
@@ -156,7 +157,8 @@ async fn list_checkpoints(
     params(("id" = Uuid, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The checkpoint", body = Checkpoint),
-        (status = 404, description = "No such checkpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such checkpoint", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn get_checkpoint(
     State(state): State<AppState>,
@@ -179,8 +181,10 @@ async fn get_checkpoint(
         (status = 206, description = "The requested range", content_type =
             "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "Unchanged (If-None-Match)"),
-        (status = 404, description = "No such checkpoint or file", body = Problem, content_type = "application/problem+json"),
-        (status = 416, description = "The range is outside the file", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such checkpoint or file", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 416, description = "The range is outside the file", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn download_file(
     State(state): State<AppState>,
@@ -197,7 +201,8 @@ async fn download_file(
     responses(
         (status = 200, description = "The exported student", content_type =
             "application/octet-stream", body = Vec<u8>),
-        (status = 404, description = "No such checkpoint, or it has no export", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such checkpoint, or it has no export", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn download_export(
     State(state): State<AppState>,
@@ -221,7 +226,8 @@ async fn download_export(
     params(("id" = Uuid, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The model card", body = Object),
-        (status = 404, description = "No such checkpoint, or it has no export", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such checkpoint, or it has no export", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn get_model_card(
     State(state): State<AppState>,

@@ -290,7 +290,8 @@ async fn fetch_row(db: &PgPool, id: Uuid) -> ApiResult<DatasetRow> {
     request_body = NewDataset,
     responses(
         (status = 201, description = "Created; upload its parts next", body = Dataset),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn create_dataset(
     State(state): State<AppState>,
@@ -346,7 +347,8 @@ async fn list_datasets(
     params(("id" = Uuid, Path, description = "Dataset id")),
     responses(
         (status = 200, description = "The dataset", body = Dataset),
-        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn get_dataset(
     State(state): State<AppState>,
@@ -361,8 +363,10 @@ async fn get_dataset(
     params(("id" = Uuid, Path, description = "Dataset id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A queued or running run uses it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "A queued or running run uses it", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn delete_dataset(
     State(state): State<AppState>,
@@ -419,11 +423,16 @@ async fn delete_dataset(
         description = "The part's bytes"),
     responses(
         (status = 200, description = "Stored; the dataset as it is now", body = Dataset),
-        (status = 400, description = "The upload broke off", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The dataset is being ingested", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The part exceeds MPL_MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "This format has no such part", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The upload broke off", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "The dataset is being ingested", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "The part exceeds MPL_MAX_UPLOAD_BYTES", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "This format has no such part", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn upload_part(
     State(state): State<AppState>,
@@ -549,7 +558,8 @@ async fn record_part(
     params(("id" = Uuid, Path, description = "Dataset id")),
     responses(
         (status = 202, description = "Ingestion started", body = Dataset),
-        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset", body = Problem,
+            content_type = "application/problem+json"),
         (status = 409, description = "Parts are missing, or it is already ingesting",
             body = Problem, content_type = "application/problem+json"),
     ))]
@@ -810,9 +820,12 @@ pub struct Sample {
     params(("id" = Uuid, Path, description = "Dataset id"), SampleQuery),
     responses(
         (status = 200, description = "Samples", body = Vec<Sample>),
-        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The dataset is not ready", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad count", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "The dataset is not ready", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "Bad count", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn list_samples(
     State(state): State<AppState>,
@@ -850,8 +863,10 @@ async fn list_samples(
     ),
     responses(
         (status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
-        (status = 404, description = "No such dataset or image", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The dataset is not ready", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dataset or image", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "The dataset is not ready", body = Problem,
+            content_type = "application/problem+json"),
     ))]
 async fn sample_image(
     State(state): State<AppState>,
