@@ -57,8 +57,8 @@ source scripts/torch-env.sh
 if [ "${MPL_SKIP_BUILD:-0}" != 1 ]; then
   step "building the console (npm ci, npm run build)"
   (cd console && npm ci --no-audit --no-fund && npm run build) >&2
-  step "building mpl-server, mpl-scheduler and the trainer (debug)"
-  cargo build -p mpl-trainer -p mpl-api -p mpl-scheduler >&2
+  step "building mpl-server, mpl-scheduler and the trainer (debug, the same build as scripts/test.sh)"
+  cargo build --workspace --bins >&2
 fi
 
 PORT="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"

@@ -264,7 +264,20 @@ describe('console against the real platform', () => {
     const shared = a.names.filter((n) => b.names.includes(n));
     assert.ok(shared.length > 0, `the two runs share no metric: ${a.names} / ${b.names}`);
     const metric = shared.find((n) => n.endsWith('top1')) ?? shared[0];
-    await page.locator(`#compare-metric option[value="${metric}"]`).waitFor({ state: 'attached' });
+    let offered = [];
+    await eventually(
+      async () => {
+        offered = await page
+          .locator('#compare-metric option')
+          .evaluateAll((options) => options.map((o) => o.value));
+        return offered.includes(metric);
+      },
+      30_000,
+      `the metric selector to offer ${metric}`,
+    ).catch(async (err) => {
+      const shown = await page.locator('[role="alert"]').allInnerTexts();
+      throw new Error(`${err.message}; it offers [${offered}]; alerts: [${shown}]`);
+    });
     await page.locator('#compare-metric').selectOption(metric);
     await eventually(
       async () =>
