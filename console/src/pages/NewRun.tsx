@@ -47,13 +47,14 @@ export function NewRunPage() {
     loadRunSpecSchema().then(setSchema, setSchemaError);
   }, []);
 
-  // Once the datasets are known, point the preset at the first ready labeled one.
+  // Once the datasets are known, point the spec at the first ready labeled one. Only the data
+  // sources change: whatever was typed into the form while the list loaded is kept.
   useEffect(() => {
     if (choice.labeled || ready.length === 0) return;
     const labeled = ready.find((d) => d.kind === 'labeled') ?? ready[0];
     const next = { ...choice, labeled: labeled.id, eval: labeled.id };
     setChoice(next);
-    applyPreset(presetId, next);
+    setSpec((old) => withDatasets(old, next));
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [ready.length]);
 
