@@ -25,7 +25,7 @@ fn main() {
 ///
 /// Every step allocates and frees the same activations, each up to tens of megabytes. By
 /// default glibc serves blocks that large with fresh `mmap`s and hands freed heap memory back
-/// to the system, so each step pays page faults on all of it again: about 6 % of a WRN-28-2
+/// to the system, so each step pays page faults on all of it again: about 5 % of a WRN-28-2
 /// MPL step on the CPU (docs/benchmarks.md). Blocks up to 32 MiB (the largest threshold
 /// glibc accepts) now come from the heap, and freed memory stays there. The peak memory of a
 /// step is reached every step anyway, so this keeps the resident size at that peak.
