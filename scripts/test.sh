@@ -5,6 +5,7 @@
 #
 #   MPL_TEST_DATABASE_URL   a PostgreSQL server where tests may create databases
 #                           (default: 127.0.0.1:5432 if it answers, else a private cluster)
+#   MPL_FAULT_DRILL=0       skip the fault drill (scripts/fault-drill.sh)
 #   MPL_SKIP_CONSOLE=1      skip the console's tests
 #   MPL_CONSOLE_E2E=0       run the console's unit tests only, not its browser tests
 set -euo pipefail
@@ -38,6 +39,11 @@ cargo test --workspace --no-fail-fast -- --test-threads="${MPL_TEST_THREADS:-2}"
 
 step "fuzzing the API against its OpenAPI document (schemathesis)"
 scripts/test-api-fuzz.sh
+
+if [ "${MPL_FAULT_DRILL:-1}" = 1 ]; then
+  step "fault drill: SIGKILLs of trainers, a scheduler and the api, and a PostgreSQL restart, mid-run"
+  scripts/fault-drill.sh
+fi
 
 if [ "${MPL_SKIP_CONSOLE:-0}" != 1 ]; then
   if [ "${MPL_CONSOLE_E2E:-1}" = 1 ]; then

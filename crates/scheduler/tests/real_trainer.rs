@@ -1,6 +1,6 @@
 //! The scheduler with the real `trainer` binary: the smoke spec on a slice of Fashion-MNIST,
 //! given to the platform as canonical datasets, from queued to succeeded with an exported
-//! student.
+//! student, and resumed from its stored checkpoint after a SIGKILL.
 //!
 //! Needs the trainer built (`cargo build -p mpl-trainer`, found at `<target>/debug/trainer` or
 //! through `MPL_TRAINER_BIN`), libtorch on the library path (`source scripts/torch-env.sh`)
@@ -51,6 +51,35 @@ fn canonical_slice(images: &str, labels: &str, count: usize, out: &Path) -> Vec<
     std::fs::read(out).expect("canonical file")
 }
 
+/// Queues the smoke spec on platform copies of a Fashion-MNIST slice; returns the run.
+async fn queue_smoke_run(
+    db: &TestDb,
+    storage: &mpl_storage::Storage,
+    dir: &Path,
+    max_attempts: i32,
+) -> uuid::Uuid {
+    let train = canonical_slice(
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        3000,
+        &dir.join("train.mpld"),
+    );
+    let test = canonical_slice(
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        1000,
+        &dir.join("test.mpld"),
+    );
+    let labeled = ready_dataset(&db.pool, storage, &train).await;
+    let eval = ready_dataset(&db.pool, storage, &test).await;
+
+    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/smoke.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(smoke).unwrap()).unwrap();
+    spec["data"]["labeled"] = serde_json::json!({"dataset_id": labeled});
+    spec["data"]["eval"] = serde_json::json!({"dataset_id": eval});
+    queue_run(&db.pool, spec, 0, max_attempts).await
+}
+
 #[tokio::test]
 async fn the_smoke_spec_runs_to_success_on_platform_datasets_with_an_exported_student() {
     let db = TestDb::new().await;
@@ -60,26 +89,7 @@ async fn the_smoke_spec_runs_to_success_on_platform_datasets_with_an_exported_st
     config.cancel_grace = Duration::from_secs(60);
     let storage = storage(&config);
 
-    let train = canonical_slice(
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        3000,
-        &dir.path().join("train.mpld"),
-    );
-    let test = canonical_slice(
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-        1000,
-        &dir.path().join("test.mpld"),
-    );
-    let labeled = ready_dataset(&db.pool, &storage, &train).await;
-    let eval = ready_dataset(&db.pool, &storage, &test).await;
-
-    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/smoke.json");
-    let mut spec: Value = serde_json::from_slice(&std::fs::read(smoke).unwrap()).unwrap();
-    spec["data"]["labeled"] = serde_json::json!({"dataset_id": labeled});
-    spec["data"]["eval"] = serde_json::json!({"dataset_id": eval});
-    let run_id = queue_run(&db.pool, spec, 0, 1).await;
+    let run_id = queue_smoke_run(&db, &storage, dir.path(), 1).await;
 
     let scheduler = Scheduler::start(config).await.unwrap();
     // Generous: the smoke spec takes well under a minute on an idle machine, much longer on a
@@ -132,4 +142,28 @@ async fn the_smoke_spec_runs_to_success_on_platform_datasets_with_an_exported_st
             file.name
         );
     }
+}
+
+/// SIGKILL of the real trainer after its first stored checkpoint: the next attempt downloads
+/// that checkpoint (manifest included), resumes at its step and the run succeeds.
+#[tokio::test]
+async fn a_killed_real_trainer_resumes_from_its_stored_checkpoint() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&db, dir.path(), 1);
+    config.trainer_bin = real_trainer_bin();
+    let storage = storage(&config);
+    let run_id = queue_smoke_run(&db, &storage, dir.path(), 3).await;
+    let scheduler = Scheduler::start(config).await.unwrap();
+
+    kill_trainer_after_first_checkpoint(&db.pool, run_id, Duration::from_secs(900)).await;
+
+    wait_for_status(&db.pool, run_id, "succeeded", Duration::from_secs(900)).await;
+    scheduler.shutdown().await.unwrap();
+
+    let attempts = attempts_of(&db.pool, run_id).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].1.as_deref(), Some("killed"));
+    let resumed_step = resumed_checkpoint_step(&db.pool, &attempts[1]).await;
+    assert!(resumed_step >= 10, "resumed at step {resumed_step}");
 }

@@ -97,7 +97,7 @@ pub fn dir_name(step: u64, kind: CheckpointKind) -> String {
 pub struct Written {
     /// Absolute path of the checkpoint directory.
     pub path: PathBuf,
-    /// Every file except the manifest, with size and sha256.
+    /// Every file, the manifest last, with size and sha256.
     pub files: Vec<CheckpointFile>,
 }
 
@@ -139,6 +139,10 @@ pub fn write(
         .collect::<Result<_>>()?;
     let json = serde_json::to_vec_pretty(&manifest)?;
     write_synced(&tmp.join(MANIFEST_FILE), &json)?;
+    // The manifest cannot list itself, but whoever copies the checkpoint elsewhere needs it
+    // (resuming reads it first), so the written list names it too.
+    let mut files = manifest.files;
+    files.push(describe_file(&tmp, MANIFEST_FILE)?);
 
     let path = root.join(&name);
     if path.exists() {
@@ -147,10 +151,7 @@ pub fn write(
     fs::rename(&tmp, &path).with_context(|| format!("cannot move checkpoint to {name}"))?;
     sync_dir(root);
     let path = fs::canonicalize(&path).unwrap_or(path);
-    Ok(Written {
-        path,
-        files: manifest.files,
-    })
+    Ok(Written { path, files })
 }
 
 /// Reads a checkpoint's manifest and verifies the size and sha256 of every file it lists.

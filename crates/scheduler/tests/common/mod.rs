@@ -247,6 +247,43 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// Waits (up to `limit`) until the run has a stored checkpoint, then SIGKILLs the trainer of
+/// its first attempt.
+pub async fn kill_trainer_after_first_checkpoint(pool: &PgPool, run_id: Uuid, limit: Duration) {
+    wait_until(limit, "a stored checkpoint", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM checkpoints WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        n > 0
+    })
+    .await;
+    let pids = pids_mentioning(&format!("{run_id}/attempt-1"));
+    assert_eq!(pids.len(), 1, "one trainer process for the run: {pids:?}");
+    let pid = nix::unistd::Pid::from_raw(pids[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// The step of the checkpoint a resumed attempt (from [`attempts_of`]) started from, after
+/// checking that the trainer restarted at exactly that step.
+pub async fn resumed_checkpoint_step(
+    pool: &PgPool,
+    attempt: &(i32, Option<String>, Option<i32>, i64, Option<Uuid>),
+) -> i64 {
+    let resumed_from = attempt.4.expect("the attempt resumed from a checkpoint");
+    let step: i64 = sqlx::query_scalar("SELECT step FROM checkpoints WHERE id = $1")
+        .bind(resumed_from)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempt.3, step,
+        "the trainer restarted at the checkpoint's step"
+    );
+    step
+}
+
 /// (attempt, exit_reason, exit_code, first_step, resumed_from) of every attempt, in order.
 pub async fn attempts_of(
     pool: &PgPool,
