@@ -54,6 +54,7 @@ export const PAPER_DEFAULTS = {
     pad_crop_fraction: 0.125,
     randaugment_ops: 2,
     randaugment_magnitude: 16.0,
+    randaugment_sampling: 'fixed',
     cutout_fraction: 0.5,
   },
   ema_decay: 0.995,

@@ -252,8 +252,25 @@ pub struct AugmentSpec {
     pub randaugment_ops: usize,
     /// RandAugment magnitude; 10 is each operation's nominal maximum.
     pub randaugment_magnitude: f64,
+    /// How each drawn operation's strength is chosen: `fixed` (always `randaugment_magnitude`)
+    /// or `uniform` (applied with probability 1/2, at a magnitude drawn uniformly from 1 to
+    /// `randaugment_magnitude`).
+    pub randaugment_sampling: MagnitudeSampling,
     /// Cutout square side as a fraction of the image side (strong view; 0 disables).
     pub cutout_fraction: f64,
+}
+
+/// How RandAugment sets the strength of the operations it draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MagnitudeSampling {
+    /// Every operation at exactly the configured magnitude, as in the RandAugment paper.
+    #[default]
+    Fixed,
+    /// Every operation is applied with probability 1/2, at a magnitude drawn uniformly from 1 to
+    /// the configured one (the form of FixMatch and of the PyTorch MPL reimplementation); on
+    /// average a much milder view.
+    Uniform,
 }
 
 /// Fine-tuning of the student on labeled data after the main phase.
@@ -298,7 +315,8 @@ pub struct DeviceSpec {
     pub device: String,
     /// CPU threads for libtorch and augmentation; `null` uses every core.
     pub threads: Option<usize>,
-    /// bf16 autocast on CUDA.
+    /// Run the training step under bf16 autocast (CUDA, or CPUs with native bf16 such as
+    /// AVX-512-BF16 or AMX; elsewhere it can be slower than fp32).
     pub bf16: bool,
 }
 
@@ -380,6 +398,7 @@ impl Default for AugmentSpec {
             pad_crop_fraction: 0.125,
             randaugment_ops: 2,
             randaugment_magnitude: 16.0,
+            randaugment_sampling: MagnitudeSampling::Fixed,
             cutout_fraction: 0.5,
         }
     }
@@ -749,6 +768,42 @@ mod tests {
         assert_eq!(spec.model.depth, 28);
         assert_eq!(spec.uda.threshold, 0.6);
         assert_eq!(spec.teacher_optimizer.lr, 0.05);
+    }
+
+    #[test]
+    fn every_example_spec_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(err) = RunSpec::from_json(&text) {
+                    panic!("{}: {err}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 4,
+            "only {checked} example specs in {}",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn uniform_randaugment_sampling_is_spelled_in_snake_case() {
+        let text = r#"{"data": {"labeled": {"path": "x.idx", "format": "idx"}},
+            "augment": {"randaugment_sampling": "uniform"}}"#;
+        let spec = RunSpec::from_json(text).unwrap();
+        assert_eq!(
+            spec.augment.randaugment_sampling,
+            MagnitudeSampling::Uniform
+        );
+        let bad = r#"{"data": {"labeled": {"path": "x.idx", "format": "idx"}},
+            "augment": {"randaugment_sampling": "gaussian"}}"#;
+        let err = RunSpec::from_json(bad).unwrap_err();
+        assert_eq!(err.fields()[0].field, "augment.randaugment_sampling");
     }
 
     #[test]

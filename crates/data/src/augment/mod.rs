@@ -3,7 +3,9 @@
 //! * weak: random horizontal flip, then reflect-pad by `round(pad_crop_fraction * side)` and crop
 //!   back to the original size at a random offset;
 //! * strong: weak, then RandAugment (`randaugment_ops` operations drawn uniformly from the
-//!   fifteen of [`Op::ALL`], each at `randaugment_magnitude`), then Cutout of a square of
+//!   fifteen of [`Op::ALL`], each at `randaugment_magnitude`, or with `randaugment_sampling =
+//!   "uniform"` each applied with probability 1/2 at a magnitude drawn from 1 to
+//!   `randaugment_magnitude`), then Cutout of a square of
 //!   `cutout_fraction` of the side filled with grey.
 //!
 //! Images are `u8` HWC buffers. Every image of a batch gets its own [`ChaCha8Rng`], seeded by
@@ -12,7 +14,7 @@
 
 mod ops;
 
-use mpl_protocol::spec::AugmentSpec;
+use mpl_protocol::spec::{AugmentSpec, MagnitudeSampling};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -50,6 +52,7 @@ pub struct Augmenter {
     pad_x: usize,
     num_ops: usize,
     magnitude: f64,
+    sampling: MagnitudeSampling,
     cutout_fraction: f64,
     threads: usize,
 }
@@ -74,6 +77,7 @@ impl Augmenter {
             pad_x: pad(width),
             num_ops: spec.randaugment_ops,
             magnitude: spec.randaugment_magnitude,
+            sampling: spec.randaugment_sampling,
             cutout_fraction: spec.cutout_fraction.clamp(0.0, 1.0),
             threads,
         }
@@ -127,12 +131,26 @@ impl Augmenter {
         }
     }
 
-    /// Strong view: weak, then RandAugment (`n` operations at magnitude `m`), then Cutout.
+    /// Strong view: weak, then RandAugment (`n` operations at magnitude `m`, or as
+    /// [`MagnitudeSampling::Uniform`] draws them), then Cutout.
     pub fn strong(&self, src: &[u8], dst: &mut [u8], rng: &mut impl Rng) {
         self.weak(src, dst, rng);
         for _ in 0..self.num_ops {
             let op = Op::ALL[rng.random_range(0..Op::ALL.len())];
-            op.apply(dst, self.shape, self.magnitude, rng);
+            match self.sampling {
+                MagnitudeSampling::Fixed => op.apply(dst, self.shape, self.magnitude, rng),
+                MagnitudeSampling::Uniform => {
+                    let apply = rng.random_bool(0.5);
+                    let magnitude = if self.magnitude > 1.0 {
+                        rng.random_range(1.0..=self.magnitude)
+                    } else {
+                        self.magnitude
+                    };
+                    if apply {
+                        op.apply(dst, self.shape, magnitude, rng);
+                    }
+                }
+            }
         }
         cutout(dst, self.shape, self.cutout_fraction, CUTOUT_FILL, rng);
     }

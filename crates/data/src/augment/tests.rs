@@ -301,3 +301,55 @@ fn different_seeds_or_steps_give_different_bytes() {
     assert_ne!(batch(1, 1), batch(2, 1));
     assert_ne!(batch(1, 1), batch(1, 2));
 }
+
+/// Share of strong views that equal their weak view and mean absolute pixel change, over
+/// `count` random grey images, with Cutout off so only RandAugment can change the image.
+fn randaugment_effect(sampling: MagnitudeSampling, count: u64) -> (f64, f64) {
+    let aug = Augmenter::new(
+        &AugmentSpec {
+            randaugment_magnitude: 10.0,
+            randaugment_sampling: sampling,
+            cutout_fraction: 0.0,
+            ..spec()
+        },
+        GRAY.height,
+        GRAY.width,
+        GRAY.channels,
+    );
+    let (mut unchanged, mut change) = (0u64, 0.0);
+    for seed in 0..count {
+        let src = random_image(GRAY, 1000 + seed);
+        let (mut weak, mut strong) = (vec![0u8; GRAY.len()], vec![0u8; GRAY.len()]);
+        // `strong` starts with the weak view drawn from the same stream, so the two share it.
+        aug.weak(&src, &mut weak, &mut ChaCha8Rng::seed_from_u64(seed));
+        aug.strong(&src, &mut strong, &mut ChaCha8Rng::seed_from_u64(seed));
+        unchanged += u64::from(weak == strong);
+        change += weak
+            .iter()
+            .zip(&strong)
+            .map(|(&a, &b)| f64::from(a.abs_diff(b)))
+            .sum::<f64>()
+            / GRAY.len() as f64;
+    }
+    (unchanged as f64 / count as f64, change / count as f64)
+}
+
+#[test]
+fn uniform_sampling_skips_operations_and_is_milder_than_fixed() {
+    let (fixed_unchanged, fixed_change) = randaugment_effect(MagnitudeSampling::Fixed, 400);
+    let (uniform_unchanged, uniform_change) = randaugment_effect(MagnitudeSampling::Uniform, 400);
+    // Both operations are skipped with probability 1/4; a few operations (Color on grey, for
+    // one) leave an image alone at any magnitude, which adds a little on top.
+    assert!(
+        (0.2..0.45).contains(&uniform_unchanged),
+        "uniform: {uniform_unchanged} of strong views equal the weak view"
+    );
+    assert!(
+        fixed_unchanged < 0.15,
+        "fixed: {fixed_unchanged} of strong views equal the weak view"
+    );
+    assert!(
+        uniform_change < 0.75 * fixed_change,
+        "mean pixel change: uniform {uniform_change}, fixed {fixed_change}"
+    );
+}
