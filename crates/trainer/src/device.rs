@@ -14,7 +14,7 @@ use tch::{Cuda, Device};
 pub struct Placement {
     /// The libtorch device every tensor and network lives on.
     pub device: Device,
-    /// Whether forward passes run under bf16 autocast (CUDA only).
+    /// Whether the training step runs under bf16 autocast.
     pub bf16: bool,
 }
 
@@ -29,12 +29,90 @@ impl Placement {
         }
     }
 
-    /// Runs `f` under autocast when bf16 was asked for on a GPU, plainly otherwise.
+    /// Runs `f` under bf16 autocast on this placement's device when bf16 was asked for,
+    /// plainly otherwise.
     pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
-        if self.bf16 {
-            tch::autocast(true, f)
-        } else {
-            f()
+        if !self.bf16 {
+            return f();
+        }
+        let device_type = match self.device {
+            Device::Cuda(_) => autocast::CUDA,
+            _ => autocast::CPU,
+        };
+        let _scope = autocast::Scope::enter(device_type, autocast::BFLOAT16);
+        f()
+    }
+}
+
+/// libtorch's autocast switches per device type. `tch::autocast` reaches CUDA only and leaves
+/// the dtype at libtorch's default (fp16 on CUDA), so the trainer calls libtorch directly. The
+/// functions are C++ (`at::autocast::*` in `libtorch_cpu`) and take `c10::DeviceType` and
+/// `c10::ScalarType`, both `enum class : int8_t`, and `bool`: plain scalars that are passed as in
+/// a C call, so they are declared by their Itanium-mangled names (the C++ ABI of Linux and macOS
+/// toolchains). This module is the library's only unsafe code.
+#[allow(unsafe_code)]
+mod autocast {
+    /// `c10::DeviceType::CPU`.
+    pub const CPU: i8 = 0;
+    /// `c10::DeviceType::CUDA`.
+    pub const CUDA: i8 = 1;
+    /// `c10::ScalarType::BFloat16`.
+    pub const BFLOAT16: i8 = 15;
+
+    unsafe extern "C" {
+        #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
+        fn is_autocast_enabled(device_type: i8) -> bool;
+        #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
+        fn set_autocast_enabled(device_type: i8, enabled: bool);
+        #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
+        fn get_autocast_dtype(device_type: i8) -> i8;
+        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+        fn set_autocast_dtype(device_type: i8, dtype: i8);
+        #[link_name = "_ZN2at8autocast17increment_nestingEv"]
+        fn increment_nesting() -> i64;
+        #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
+        fn decrement_nesting() -> i64;
+        #[link_name = "_ZN2at8autocast11clear_cacheEv"]
+        fn clear_cache();
+    }
+
+    /// Autocast on one device type until dropped, which restores the previous state (also when
+    /// the step panics). Autocast state is per thread in libtorch, like this scope.
+    pub struct Scope {
+        device_type: i8,
+        was_enabled: bool,
+        previous_dtype: i8,
+    }
+
+    impl Scope {
+        pub fn enter(device_type: i8, dtype: i8) -> Scope {
+            // SAFETY: scalar arguments only; these functions read and write libtorch's
+            // thread-local autocast state and cannot fail.
+            unsafe {
+                let scope = Scope {
+                    device_type,
+                    was_enabled: is_autocast_enabled(device_type),
+                    previous_dtype: get_autocast_dtype(device_type),
+                };
+                set_autocast_dtype(device_type, dtype);
+                set_autocast_enabled(device_type, true);
+                increment_nesting();
+                scope
+            }
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            // SAFETY: as in `enter`. The cache of casted weights is dropped when the outermost
+            // scope ends, as PyTorch's `torch.autocast` does.
+            unsafe {
+                if decrement_nesting() == 0 {
+                    clear_cache();
+                }
+                set_autocast_enabled(self.device_type, self.was_enabled);
+                set_autocast_dtype(self.device_type, self.previous_dtype);
+            }
         }
     }
 }
@@ -46,13 +124,12 @@ pub fn resolve(spec: &DeviceSpec) -> Result<Placement> {
         tch::set_num_threads(threads);
     }
     let device = parse_device(&spec.device, Cuda::device_count())?;
-    let on_gpu = matches!(device, Device::Cuda(_));
-    if on_gpu {
+    if matches!(device, Device::Cuda(_)) {
         Cuda::cudnn_set_benchmark(true);
     }
     Ok(Placement {
         device,
-        bf16: spec.bf16 && on_gpu,
+        bf16: spec.bf16,
     })
 }
 
@@ -88,6 +165,30 @@ mod tests {
     fn auto_falls_back_to_the_cpu_only_without_gpus() {
         assert_eq!(parse_device("auto", 0).unwrap(), Device::Cpu);
         assert_eq!(parse_device("auto", 2).unwrap(), Device::Cuda(0));
+    }
+
+    #[test]
+    fn bf16_autocast_runs_on_the_cpu_and_ends_with_its_scope() {
+        let a = tch::Tensor::randn([4, 8], (tch::Kind::Float, Device::Cpu));
+        let b = tch::Tensor::randn([8, 3], (tch::Kind::Float, Device::Cpu));
+        let bf16 = Placement {
+            device: Device::Cpu,
+            bf16: true,
+        };
+        let plain = Placement {
+            bf16: false,
+            ..bf16
+        };
+        assert_eq!(bf16.autocast(|| a.matmul(&b)).kind(), tch::Kind::BFloat16);
+        // Nested scopes restore the outer one, and the last one restores full precision.
+        let (inner, after_inner) = bf16.autocast(|| {
+            let inner = bf16.autocast(|| a.matmul(&b)).kind();
+            (inner, a.matmul(&b).kind())
+        });
+        assert_eq!(inner, tch::Kind::BFloat16);
+        assert_eq!(after_inner, tch::Kind::BFloat16);
+        assert_eq!(a.matmul(&b).kind(), tch::Kind::Float);
+        assert_eq!(plain.autocast(|| a.matmul(&b)).kind(), tch::Kind::Float);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{events, of_kind, run, stderr, tiny_spec, trainer, write_spec};
+use common::{events, of_kind, run, run_to_success, stderr, tiny_spec, trainer, write_spec};
 use serde_json::{Value, json};
 
 #[test]
@@ -182,4 +182,46 @@ fn eval_of_a_corrupt_checkpoint_is_refused() {
         "{}",
         stderr(&eval)
     );
+}
+
+/// `device.bf16` on the CPU: the step runs in mixed precision (the first losses differ from
+/// fp32 by rounding only), and training stays finite.
+#[test]
+fn a_bf16_run_on_the_cpu_computes_in_mixed_precision() {
+    let first_losses = |bf16: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = tiny_spec("mpl", 4);
+        spec["device"]["bf16"] = json!(bf16);
+        spec["finetune"]["enabled"] = json!(false);
+        spec["augment"]["randaugment_sampling"] = json!("uniform");
+        let events = run_to_success(dir.path(), &spec);
+        let metrics = of_kind(&events, "metrics");
+        assert_eq!(metrics.len(), 4);
+        for event in &metrics {
+            for (name, value) in event["values"].as_object().unwrap() {
+                assert!(value.as_f64().unwrap().is_finite(), "{name} in {event}");
+            }
+        }
+        // The student waits one step, so its first loss comes one step later.
+        let student = metrics
+            .iter()
+            .find_map(|e| e["values"]["student/loss"].as_f64())
+            .expect("a student step");
+        (
+            metrics[0]["values"]["teacher/sup"].as_f64().unwrap(),
+            student,
+        )
+    };
+    let (fp32_teacher, fp32_student) = first_losses(false);
+    let (bf16_teacher, bf16_student) = first_losses(true);
+    for (name, fp32, bf16) in [
+        ("teacher/sup", fp32_teacher, bf16_teacher),
+        ("student/loss", fp32_student, bf16_student),
+    ] {
+        let relative = (bf16 - fp32).abs() / fp32.abs();
+        assert!(
+            relative > 0.0 && relative < 0.05,
+            "{name}: fp32 {fp32}, bf16 {bf16}"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{events, fashion, of_kind, run, stderr, write_spec};
+use common::{fashion, of_kind, run_to_success};
 use serde_json::json;
 
 #[test]
@@ -30,14 +30,7 @@ fn a_supervised_wide_resnet_learns_fashion_mnist() {
         "seed": 3,
         "device": {"device": "cpu", "threads": 2},
     });
-    let output = run(
-        &write_spec(dir.path(), &spec),
-        &dir.path().join("out"),
-        None,
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-
-    let events = events(&output);
+    let events = run_to_success(dir.path(), &spec);
     let eval = of_kind(&events, "eval")
         .into_iter()
         .find(|e| e["model"] == "student" && e["split"] == "eval")

@@ -68,6 +68,14 @@ pub fn run(spec: &Path, out: &Path, resume: Option<&Path>) -> Output {
     cmd.output().expect("trainer starts")
 }
 
+/// Writes `spec` into `dir`, runs it to `dir/out`, asserts that it succeeded and returns its
+/// events.
+pub fn run_to_success(dir: &Path, spec: &Value) -> Vec<Value> {
+    let output = run(&write_spec(dir, spec), &dir.join("out"), None);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    events(&output)
+}
+
 /// Parses stdout as JSON lines; panics with the offending line when one is not JSON.
 pub fn events(output: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)
