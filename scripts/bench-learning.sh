@@ -2,6 +2,9 @@
 # Learning benchmark: supervised, UDA and MPL on Fashion-MNIST with 1000 labels (100 per class),
 # the same WRN-10-2 and the same step budget, printing test top-1 of every model side by side.
 #   scripts/bench-learning.sh [STEPS] [OUT_DIR]
+#   ALGORITHMS="uda mpl"  only these (default: supervised uda mpl)
+#   AUGMENT='{"randaugment_magnitude": 5}', MPL='{"pseudo_label_view": "weak"}'  JSON merged
+#                         into the spec's `augment` and `mpl` sections (ablations)
 # Uses the release build of the trainer (cargo build -p mpl-trainer --release).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,10 +17,11 @@ trainer="$root/target/release/trainer"
 mkdir -p "$out"
 fm=/usr/share/datasets/fashion-mnist
 
-for algorithm in supervised uda mpl; do
-  python3 - "$algorithm" "$steps" "$fm" > "$out/$algorithm.json" <<'PY'
+for algorithm in ${ALGORITHMS:-supervised uda mpl}; do
+  python3 - "$algorithm" "$steps" "$fm" "${AUGMENT:-{\}}" "${MPL:-{\}}" > "$out/$algorithm.json" <<'PY'
 import json, sys
 algorithm, steps, fm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+augment, mpl = json.loads(sys.argv[4]), json.loads(sys.argv[5])
 def source(split):
     return {"path": f"{fm}/{split}-images-idx3-ubyte.gz",
             "labels_path": f"{fm}/{split}-labels-idx1-ubyte.gz", "format": "idx"}
@@ -30,7 +34,8 @@ print(json.dumps({
     "teacher_optimizer": optimizer, "student_optimizer": optimizer,
     "student_wait_steps": steps // 10,
     "uda": {"weight": 1.0, "ramp_steps": steps // 4},
-    "augment": {"flip": True, "randaugment_magnitude": 10},
+    "augment": {"flip": True, "randaugment_magnitude": 10, **augment},
+    "mpl": mpl,
     "ema_decay": 0.99,
     "finetune": {"enabled": True, "steps": steps // 10, "batch_size": 128, "lr": 0.001},
     "eval": {"interval_steps": steps, "batch_size": 1000},
@@ -44,10 +49,12 @@ PY
 done
 
 python3 - "$out" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
 print(f"{'algorithm':<12}{'teacher':>10}{'student':>10}{'ema':>10}{'finetuned':>11}")
 for algorithm in ["supervised", "uda", "mpl"]:
+    if not os.path.exists(f"{out}/{algorithm}.events"):
+        continue
     top1 = {}
     for line in open(f"{out}/{algorithm}.events"):
         event = json.loads(line)
@@ -56,4 +63,17 @@ for algorithm in ["supervised", "uda", "mpl"]:
     cells = [f"{100 * top1[m]:.2f}" if m in top1 else "-"
              for m in ["teacher", "student", "ema", "finetuned"]]
     print(f"{algorithm:<12}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}{cells[3]:>11}")
+# What the teacher's pseudo labels looked like while the student learned from them.
+if os.path.exists(f"{out}/mpl.events"):
+    rows = []
+    for line in open(f"{out}/mpl.events"):
+        event = json.loads(line)
+        if event["event"] == "metrics" and event["values"].get("lr/student", 0) > 0:
+            rows.append(event["values"])
+    if rows:
+        mean = lambda key: sum(r.get(key, 0.0) for r in rows) / len(rows)
+        positive = sum(r.get("h", 0.0) > 0 for r in rows) / len(rows)
+        print(f"mpl: {len(rows)} student steps, h > 0 on {100 * positive:.0f} %, mean h "
+              f"{mean('h'):.4f}, pseudo-label confidence {mean('pseudo/confidence_mean'):.2f}, "
+              f"strong/weak agreement {100 * mean('pseudo/agreement_with_weak'):.0f} %")
 PY
