@@ -63,17 +63,32 @@ for algorithm in ["supervised", "uda", "mpl"]:
     cells = [f"{100 * top1[m]:.2f}" if m in top1 else "-"
              for m in ["teacher", "student", "ema", "finetuned"]]
     print(f"{algorithm:<12}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}{cells[3]:>11}")
-# What the teacher's pseudo labels looked like while the student learned from them.
-if os.path.exists(f"{out}/mpl.events"):
+# What the pseudo labels looked like while the student (mpl) or the model (uda) learned from them.
+def accuracy(rows):
+    values = [r["pseudo/accuracy"] for r in rows if "pseudo/accuracy" in r]
+    if not values:
+        return ""
+    tenth = max(1, len(values) // 10)
+    mean = lambda v: 100 * sum(v) / len(v)
+    return (f", pseudo-label accuracy {mean(values):.1f} % (first tenth {mean(values[:tenth]):.1f} %, "
+            f"last tenth {mean(values[-tenth:]):.1f} %)")
+for algorithm in ["uda", "mpl"]:
+    if not os.path.exists(f"{out}/{algorithm}.events"):
+        continue
     rows = []
-    for line in open(f"{out}/mpl.events"):
+    for line in open(f"{out}/{algorithm}.events"):
         event = json.loads(line)
-        if event["event"] == "metrics" and event["values"].get("lr/student", 0) > 0:
+        if event["event"] == "metrics" and event["values"].get("lr/student", 0) > 0 \
+                and "finetune/loss" not in event["values"]:
             rows.append(event["values"])
-    if rows:
-        mean = lambda key: sum(r.get(key, 0.0) for r in rows) / len(rows)
-        positive = sum(r.get("h", 0.0) > 0 for r in rows) / len(rows)
-        print(f"mpl: {len(rows)} student steps, h > 0 on {100 * positive:.0f} %, mean h "
-              f"{mean('h'):.4f}, pseudo-label confidence {mean('pseudo/confidence_mean'):.2f}, "
-              f"strong/weak agreement {100 * mean('pseudo/agreement_with_weak'):.0f} %")
+    if not rows:
+        continue
+    mean = lambda key: sum(r.get(key, 0.0) for r in rows) / len(rows)
+    if algorithm == "uda":
+        print(f"uda: mask rate {100 * mean('uda/mask_rate'):.0f} %{accuracy(rows)}")
+        continue
+    positive = sum(r.get("h", 0.0) > 0 for r in rows) / len(rows)
+    print(f"mpl: {len(rows)} student steps, h > 0 on {100 * positive:.0f} %, mean h "
+          f"{mean('h'):.4f}, pseudo-label confidence {mean('pseudo/confidence_mean'):.2f}, "
+          f"strong/weak agreement {100 * mean('pseudo/agreement_with_weak'):.0f} %{accuracy(rows)}")
 PY

@@ -84,8 +84,14 @@ pub fn load(spec: &RunSpec, bn_momentum: f64) -> Result<TrainingData> {
     let unlabeled = match (&data.unlabeled, spec.algorithm) {
         (_, Algorithm::Supervised) => None,
         (Some(u), _) => {
-            let set = load_source("data.unlabeled", u)?;
+            let mut set = load_source("data.unlabeled", u)?;
             check_same_shape("data.unlabeled", &set, &source)?;
+            // Labels that do not fit the labeled classes cannot be compared with pseudo labels.
+            let fits =
+                |labels: &Vec<u32>| labels.iter().all(|&l| (l as usize) < source.num_classes);
+            if !set.labels.as_ref().is_some_and(fits) {
+                set.labels = None;
+            }
             Some(set)
         }
         (None, _) if split.unlabeled.is_empty() => {
@@ -93,11 +99,8 @@ pub fn load(spec: &RunSpec, bn_momentum: f64) -> Result<TrainingData> {
                 "data.unlabeled: no separate source and no labeled images left over to use",
             ));
         }
-        (None, _) => {
-            let mut rest = source.subset(&split.unlabeled);
-            rest.labels = None;
-            Some(rest)
-        }
+        // The rest keeps its labels: no loss reads them, `pseudo/accuracy` does.
+        (None, _) => Some(source.subset(&split.unlabeled)),
     };
     let eval = match &data.eval {
         Some(e) => {
@@ -258,6 +261,8 @@ pub struct HostBatch {
     pub u_w: Option<Vec<u8>>,
     /// The same unlabeled images, strong view.
     pub u_s: Option<Vec<u8>>,
+    /// Their true classes, when the unlabeled source has labels (metrics only).
+    pub y_u: Option<Vec<i64>>,
 }
 
 impl HostBatch {
@@ -281,6 +286,10 @@ impl HostBatch {
             y_l: Tensor::from_slice(&self.y_l).to_device(device),
             u_w: self.u_w.as_deref().map(tensor),
             u_s: self.u_s.as_deref().map(tensor),
+            y_u: self
+                .y_u
+                .as_deref()
+                .map(|y| Tensor::from_slice(y).to_device(device)),
         }
     }
 
@@ -366,7 +375,7 @@ impl BatchMaker {
             .map(|&i| labels.get(i).map_or(0, |&l| i64::from(l)))
             .collect();
 
-        let (u_w, u_s) = match (&self.unlabeled, &mut self.unlabeled_sampler) {
+        let (u_w, u_s, y_u) = match (&self.unlabeled, &mut self.unlabeled_sampler) {
             (Some(u), Some(sampler)) => {
                 let indices = sampler.indices(step);
                 let mut weak = vec![0u8; indices.len() * u.image_len()];
@@ -374,9 +383,13 @@ impl BatchMaker {
                 let seed = self.seed ^ UNLABELED_STREAM;
                 self.augmenter
                     .weak_strong_batch(u, &indices, seed, step, &mut weak, &mut strong);
-                (Some(weak), Some(strong))
+                let truth = u
+                    .labels
+                    .as_deref()
+                    .map(|labels| indices.iter().map(|&i| i64::from(labels[i])).collect());
+                (Some(weak), Some(strong), truth)
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
         HostBatch {
             step,
@@ -384,6 +397,7 @@ impl BatchMaker {
             y_l,
             u_w,
             u_s,
+            y_u,
         }
     }
 }

@@ -81,6 +81,14 @@ fn a_run_emits_started_first_finished_last_and_its_checkpoint_evaluates() {
         "6 training + 4 fine-tuning steps"
     );
     assert!(!of_kind(&events, "progress").is_empty());
+    // The unlabeled images are the rest of a labeled source, so their pseudo labels are scored.
+    for metrics in of_kind(&events, "metrics").iter().take(6) {
+        let accuracy = metrics["values"]["pseudo/accuracy"].as_f64();
+        assert!(
+            accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)),
+            "{metrics}"
+        );
+    }
 
     // Final evaluation: teacher, student and EMA on validation and eval, then the fine-tuned
     // student; every final one carries a confusion matrix.

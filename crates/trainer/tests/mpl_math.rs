@@ -281,6 +281,7 @@ impl Problem {
             y_l: Tensor::from_slice(&self.y_l.iter().map(|&y| y as i64).collect::<Vec<_>>()),
             u_w: Some(to_tensor(&self.u_w)),
             u_s: Some(to_tensor(&self.u_s)),
+            y_u: None,
         }
     }
 
@@ -433,6 +434,7 @@ fn helpful_or_harmful(teacher_class: usize, feedback: Feedback) -> f64 {
         y_l: Tensor::from_slice(&[0i64]),
         u_w: unlabeled.as_ref().map(Tensor::copy),
         u_s: unlabeled,
+        y_u: None,
     };
     learner.train_step(0, &batch).unwrap()["h"]
 }
@@ -543,6 +545,55 @@ fn with_the_weak_view_the_student_learns_the_weak_argmax() {
 }
 
 #[test]
+fn pseudo_accuracy_scores_the_labels_the_student_learns_against_the_truth() {
+    let p = Problem::new();
+    let weak = p.teacher_labels(&p.u_w);
+    let strong = p.teacher_labels(&p.u_s);
+    // A truth that agrees with the strong view on the first image only.
+    let truth: Vec<usize> = strong
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| if i == 0 { c } else { (c + 1) % 3 })
+        .collect();
+    let share = |labels: &[usize]| {
+        labels.iter().zip(&truth).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64
+    };
+    let with_truth = || {
+        let mut batch = p.batch();
+        batch.y_u = Some(Tensor::from_slice(
+            &truth.iter().map(|&c| c as i64).collect::<Vec<_>>(),
+        ));
+        batch
+    };
+
+    for (view, labels) in [
+        (PseudoLabelView::Strong, &strong),
+        (PseudoLabelView::Weak, &weak),
+    ] {
+        let mut spec = spec(Algorithm::Mpl);
+        spec.mpl.pseudo_label_view = view;
+        let mut learner = learner(&spec, &p.teacher, &p.student);
+        let metrics = learner.train_step(0, &with_truth()).unwrap();
+        assert!(
+            close(metrics["pseudo/accuracy"], share(labels), 1e-12),
+            "{view:?}"
+        );
+        let mut learner = self::learner(&spec, &p.teacher, &p.student);
+        let metrics = learner.train_step(0, &p.batch()).unwrap();
+        assert!(
+            !metrics.contains_key("pseudo/accuracy"),
+            "no truth, no accuracy"
+        );
+    }
+
+    // UDA scores the weak view's argmax, the class its soft target favours.
+    let spec = spec(Algorithm::Uda);
+    let mut learner = learner(&spec, &p.teacher, &p.teacher);
+    let metrics = learner.train_step(0, &with_truth()).unwrap();
+    assert!(close(metrics["pseudo/accuracy"], share(&weak), 1e-12));
+}
+
+#[test]
 fn during_the_student_wait_only_the_teacher_learns() {
     let p = Problem::new();
     let mut spec = spec(Algorithm::Mpl);
@@ -612,6 +663,7 @@ fn the_ema_follows_the_student_by_its_decay() {
     let batch = StepBatch {
         u_w: None,
         u_s: None,
+        y_u: None,
         ..p.batch()
     };
     learner.train_step(0, &batch).unwrap();
@@ -756,6 +808,7 @@ fn random_batch(labeled: i64, unlabeled: i64, channels: i64, side: i64) -> StepB
         y_l: Tensor::randint(10, [labeled], (Kind::Int64, Device::Cpu)),
         u_w: Some(Tensor::randn([unlabeled, channels, side, side], options)),
         u_s: Some(Tensor::randn([unlabeled, channels, side, side], options)),
+        y_u: None,
     }
 }
 

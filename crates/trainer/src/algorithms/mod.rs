@@ -70,6 +70,10 @@ pub struct StepBatch {
     pub u_w: Option<Tensor>,
     /// Strong views of the same unlabeled images, in the same order (None for supervised).
     pub u_s: Option<Tensor>,
+    /// The true classes of the unlabeled images `[mu B]`, when their source has labels (the
+    /// rest of a labeled source, for example). No loss reads them: they only measure how often
+    /// the pseudo labels are right (`pseudo/accuracy`).
+    pub y_u: Option<Tensor>,
 }
 
 impl StepBatch {
@@ -142,7 +146,8 @@ impl Learner {
     /// One step at global step `step` (0-based); returns metrics named as in MPL.md
     /// (`teacher/loss`, `teacher/sup`, `teacher/uda`, `teacher/mpl`, `student/loss`, `h`,
     /// `h_baseline`, `uda/mask_rate`, `pseudo/confidence_mean`, `pseudo/agreement_with_weak`,
-    /// `lr/teacher`, `lr/student`). Learning rates are computed inside from the spec.
+    /// `lr/teacher`, `lr/student`), plus `pseudo/accuracy` when the unlabeled images' classes
+    /// are known. Learning rates are computed inside from the spec.
     pub fn train_step(&mut self, step: u64, batch: &StepBatch) -> Result<Metrics> {
         match self {
             Learner::Supervised(s) => s.train_step(step, batch),
@@ -396,6 +401,18 @@ pub(crate) fn uda_term(
         loss,
         weight: settings.weight * ramp,
         mask_rate: mask.mean(Kind::Double).double_value(&[]),
+    })
+}
+
+/// The share of `predicted` classes equal to `truth`, when the truth is known.
+pub(crate) fn label_accuracy(predicted: &Tensor, truth: Option<&Tensor>) -> Option<f64> {
+    let truth = truth?;
+    (truth.size() == predicted.size()).then(|| {
+        predicted
+            .eq_tensor(truth)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
     })
 }
 

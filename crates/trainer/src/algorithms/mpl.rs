@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use mpl_protocol::spec::{Feedback, PseudoLabelView};
 use tch::{Kind, Tensor, nn::VarStore};
 
-use super::{Core, Metrics, Network, StepBatch, rows, split_rows, uda_term};
+use super::{Core, Metrics, Network, StepBatch, label_accuracy, rows, split_rows, uda_term};
 use crate::{losses, schedule::warmup_cosine};
 
 /// The Meta Pseudo Labels learner: a teacher, a student and the moving baseline of `h`.
@@ -56,6 +56,8 @@ struct TeacherPass {
     student_labels: Tensor,
     confidence_mean: f64,
     agreement_with_weak: f64,
+    /// How often the student's pseudo labels are the true class (when that is known).
+    accuracy: Option<f64>,
 }
 
 /// The student's step 3 and the feedback of step 4.
@@ -134,6 +136,9 @@ impl Mpl {
         if let Some(norm) = teacher_norm {
             metrics.insert("teacher/grad_norm".into(), norm);
         }
+        if let Some(accuracy) = teacher.accuracy {
+            metrics.insert("pseudo/accuracy".into(), accuracy);
+        }
         if let Some(s) = student {
             metrics.insert("student/loss".into(), s.loss);
             metrics.insert("student/loss_l_old".into(), s.loss_l_old);
@@ -170,6 +175,7 @@ impl Mpl {
             PseudoLabelView::Weak => (labels_weak.shallow_clone(), probs_weak),
         };
         let agreement = labels_strong.eq_tensor(&labels_weak).to_kind(Kind::Double);
+        let accuracy = label_accuracy(&student_labels, batch.y_u.as_ref());
 
         Ok(TeacherPass {
             sup,
@@ -181,6 +187,7 @@ impl Mpl {
             student_labels,
             confidence_mean: confidence.mean(Kind::Double).double_value(&[]),
             agreement_with_weak: agreement.mean(Kind::Double).double_value(&[]),
+            accuracy,
         })
     }
 

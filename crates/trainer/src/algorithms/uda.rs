@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use tch::Tensor;
 
-use super::{Core, Metrics, StepBatch, rows, split_rows, uda_term};
+use super::{Core, Metrics, StepBatch, label_accuracy, rows, split_rows, uda_term};
 use crate::{losses, schedule::warmup_cosine};
 
 /// The UDA learner.
@@ -56,6 +56,11 @@ impl Uda {
         ]);
         if let Some(norm) = grad_norm {
             metrics.insert("student/grad_norm".into(), norm);
+        }
+        // How often the weak view's argmax, the class UDA's target favours, is the true class.
+        let targets = tch::no_grad(|| logits_w.argmax(-1, false));
+        if let Some(accuracy) = label_accuracy(&targets, batch.y_u.as_ref()) {
+            metrics.insert("pseudo/accuracy".into(), accuracy);
         }
         Ok(metrics)
     }
