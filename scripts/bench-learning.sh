@@ -88,7 +88,7 @@ for algorithm in ["uda", "mpl"]:
         print(f"uda: mask rate {100 * mean('uda/mask_rate'):.0f} %{accuracy(rows)}")
         continue
     positive = sum(r.get("h", 0.0) > 0 for r in rows) / len(rows)
-    print(f"mpl: {len(rows)} student steps, h > 0 on {100 * positive:.0f} %, mean h "
+    print(f"mpl: {len(rows)} metrics events after the student wait, h > 0 on {100 * positive:.0f} %, mean h "
           f"{mean('h'):.4f}, pseudo-label confidence {mean('pseudo/confidence_mean'):.2f}, "
           f"strong/weak agreement {100 * mean('pseudo/agreement_with_weak'):.0f} %{accuracy(rows)}")
 PY
