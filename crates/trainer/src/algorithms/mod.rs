@@ -404,16 +404,18 @@ pub(crate) fn uda_term(
     })
 }
 
+/// The share of positions where two equally shaped class tensors agree.
+pub(crate) fn agreement(a: &Tensor, b: &Tensor) -> f64 {
+    a.eq_tensor(b)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[])
+}
+
 /// The share of `predicted` classes equal to `truth`, when the truth is known.
 pub(crate) fn label_accuracy(predicted: &Tensor, truth: Option<&Tensor>) -> Option<f64> {
     let truth = truth?;
-    (truth.size() == predicted.size()).then(|| {
-        predicted
-            .eq_tensor(truth)
-            .to_kind(Kind::Double)
-            .mean(Kind::Double)
-            .double_value(&[])
-    })
+    (truth.size() == predicted.size()).then(|| agreement(predicted, truth))
 }
 
 /// Splits logits of a concatenated batch into consecutive parts of the given sizes.

@@ -32,7 +32,9 @@ use anyhow::{Context, Result, bail};
 use mpl_protocol::spec::{Feedback, PseudoLabelView};
 use tch::{Kind, Tensor, nn::VarStore};
 
-use super::{Core, Metrics, Network, StepBatch, label_accuracy, rows, split_rows, uda_term};
+use super::{
+    Core, Metrics, Network, StepBatch, agreement, label_accuracy, rows, split_rows, uda_term,
+};
 use crate::{losses, schedule::warmup_cosine};
 
 /// The Meta Pseudo Labels learner: a teacher, a student and the moving baseline of `h`.
@@ -174,7 +176,7 @@ impl Mpl {
             PseudoLabelView::Strong => (labels_strong.shallow_clone(), probs_strong),
             PseudoLabelView::Weak => (labels_weak.shallow_clone(), probs_weak),
         };
-        let agreement = labels_strong.eq_tensor(&labels_weak).to_kind(Kind::Double);
+        let agreement_with_weak = agreement(&labels_strong, &labels_weak);
         let accuracy = label_accuracy(&student_labels, batch.y_u.as_ref());
 
         Ok(TeacherPass {
@@ -186,7 +188,7 @@ impl Mpl {
             labels_strong,
             student_labels,
             confidence_mean: confidence.mean(Kind::Double).double_value(&[]),
-            agreement_with_weak: agreement.mean(Kind::Double).double_value(&[]),
+            agreement_with_weak,
             accuracy,
         })
     }
